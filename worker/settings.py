@@ -1,0 +1,233 @@
+"""Typed configuration: one place for every default, every validation rule and every secret.
+
+Settings come from `EMBED_`-prefixed environment variables with `__` for nesting
+(`EMBED_KAFKA__BOOTSTRAP_SERVERS`, `EMBED_BATCH__MAX_MESSAGES`, ...). Any librdkafka property passes
+through `EMBED_KAFKA__CONFIG` (a JSON object) or one variable per property, where `_` stands for `.`
+(`EMBED_KAFKA__CONFIG__SASL_PASSWORD` -> `sasl.password`). Pass-through values are `SecretStr`, so a
+settings object never prints a password.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError as SourceError
+
+DEFAULT_MODEL = "tss-deposium/gemma-deposium-768d"
+SENSITIVE_MARKERS = ("password", "secret", "key", "token", "credential", "jaas")
+
+
+class SettingsError(ValueError):
+    """A setting is missing or invalid; the message names the environment variable."""
+
+
+class InputFormat(str, Enum):
+    json = "json"
+    text = "text"
+
+
+class OutputFormat(str, Enum):
+    json = "json"
+    f32 = "f32"
+
+
+class EmptyTextPolicy(str, Enum):
+    dead_letter = "dead_letter"
+    zero_vector = "zero_vector"
+
+
+class ProcessingGuarantee(str, Enum):
+    at_least_once = "at_least_once"
+    exactly_once = "exactly_once"
+
+
+def is_sensitive(key: str) -> bool:
+    """True for librdkafka properties whose values must never be logged (passwords, keys, tokens)."""
+    k = key.lower()
+    return any(m in k for m in SENSITIVE_MARKERS)
+
+
+class KafkaSettings(BaseModel):
+    """Connection and group settings shared by the consumer and producer."""
+
+    bootstrap_servers: str = Field("localhost:9092", description="Comma-separated host:port list.")
+    group_id: str = Field("embedstream", description="Consumer group; every worker process joins it.")
+    group_instance_id: str | None = Field(
+        None, description="Static membership id (group.instance.id); set per pod, e.g. from its name."
+    )
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", description="Where a new group starts: earliest embeds every text already in the topic."
+    )
+    commit_interval_ms: int = Field(5000, ge=100, description="How often stored offsets are committed.")
+    session_timeout_ms: int = Field(45000, ge=1000)
+    client_id: str = Field("embedstream", description="client.id prefix seen in broker logs.")
+    config: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Extra librdkafka properties for both clients (JSON object, or one variable per "
+        "property with _ for .): security.protocol, sasl.*, ssl.*, ...",
+    )
+    consumer_config: dict[str, SecretStr] = Field(default_factory=dict, description="Consumer-only extras.")
+    producer_config: dict[str, SecretStr] = Field(default_factory=dict, description="Producer-only extras.")
+
+    @field_validator("config", "consumer_config", "producer_config", mode="before")
+    @classmethod
+    def _librdkafka_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = json.loads(value) if value.strip() else {}
+        if not isinstance(value, dict):
+            raise ValueError("must be a JSON object of librdkafka properties")
+        out: dict[str, str] = {}
+        for k, v in value.items():
+            key = str(k).lower()
+            if "." not in key:
+                key = key.replace("_", ".")
+            out[key] = v if isinstance(v, SecretStr) else str(v).lower() if isinstance(v, bool) else str(v)
+        return out
+
+    def extra(self, which: Literal["consumer", "producer"]) -> dict[str, str]:
+        """The pass-through librdkafka properties for one client, secrets unwrapped."""
+        own = self.consumer_config if which == "consumer" else self.producer_config
+        merged = {**self.config, **own}
+        return {k: v.get_secret_value() for k, v in merged.items()}
+
+
+class ModelSettings(BaseModel):
+    """Which Model2Vec model to load and how to encode with it."""
+
+    path: str | None = Field(None, description="Local Model2Vec folder; takes precedence over name.")
+    name: str = Field(DEFAULT_MODEL, description="Hub id, resolved through huggingface_hub when no path is set.")
+    expected_dim: int | None = Field(
+        None, ge=1, description="Stop start-up unless the model has this dimension (the chart sets 768)."
+    )
+    max_length: int | None = Field(512, ge=1, description="Truncate texts to this many tokens; null = no limit.")
+    normalize: bool | None = Field(None, description="Override the model config's normalize.")
+
+    @field_validator("max_length", "expected_dim", mode="before")
+    @classmethod
+    def _none_words(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in {"", "none", "null"}:
+            return None
+        return value
+
+
+class InputSettings(BaseModel):
+    """How an input message is read."""
+
+    format: InputFormat = Field(InputFormat.json, description="json: {id, text, ...}; text: raw UTF-8, id = key.")
+    id_field: str = Field("id", description="JSON field holding the id (json format).")
+    text_field: str = Field("text", description="JSON field holding the text (json format).")
+    max_bytes: int = Field(1_000_000, ge=1, description="Messages larger than this go to the dead-letter topic.")
+    empty_text: EmptyTextPolicy = Field(
+        EmptyTextPolicy.dead_letter, description="Empty/whitespace-only text: dead_letter or zero_vector."
+    )
+
+
+class OutputSettings(BaseModel):
+    """How an output message is written."""
+
+    format: OutputFormat = Field(OutputFormat.json, description="json, or f32 (raw little-endian float32).")
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
+        "lz4", description="Producer compression; lz4 is cheap on CPU and shrinks JSON vectors well."
+    )
+
+
+class BatchSettings(BaseModel):
+    """Micro-batching: a batch closes at max_messages or after max_wait_ms, whichever is first."""
+
+    max_messages: int = Field(512, ge=1, le=100_000)
+    max_wait_ms: int = Field(20, ge=0, le=60_000)
+    max_prefetch_kbytes: int = Field(
+        16384, ge=64, description="librdkafka queued.max.messages.kbytes: bound on prefetched input per process."
+    )
+    max_in_flight_batches: int = Field(
+        4, ge=1, description="Batches produced but not yet acknowledged before consumption pauses."
+    )
+
+
+class MetricsSettings(BaseModel):
+    """Prometheus /metrics and the /healthz, /readyz probes on one HTTP port."""
+
+    enabled: bool = True
+    host: str = Field("0.0.0.0", description="Bind address of the metrics/health server.")
+    port: int = Field(9100, ge=0, le=65535)
+    stall_timeout_s: float = Field(
+        60.0, gt=0, description="/healthz fails when the loop made no progress this long while it has work."
+    )
+    statistics_interval_ms: int = Field(5000, ge=0, description="librdkafka statistics (lag) interval; 0 = off.")
+
+
+class LogSettings(BaseModel):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["auto", "json", "text"] = Field("auto", description="auto: text on a terminal, else JSON.")
+
+
+class Settings(BaseSettings):
+    """Everything `python -m worker run` needs."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EMBED_", env_nested_delimiter="__", extra="ignore", case_sensitive=False
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    input_topic: str = Field("texts", min_length=1)
+    output_topic: str = Field("embeddings", min_length=1)
+    dlq_topic: str = Field("embeddings-dlq", min_length=1, description="Dead-letter topic for bad input.")
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    input: InputSettings = Field(default_factory=InputSettings)
+    output: OutputSettings = Field(default_factory=OutputSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+    processing_guarantee: ProcessingGuarantee = ProcessingGuarantee.at_least_once
+    shutdown_grace_s: float = Field(25.0, gt=0, le=600, description="SIGTERM: finish, flush, commit within this.")
+
+    @model_validator(mode="after")
+    def _topics_differ(self) -> Settings:
+        if self.output_topic == self.input_topic or self.dlq_topic == self.input_topic:
+            raise ValueError("output_topic and dlq_topic must differ from input_topic")
+        return self
+
+
+def env_name(loc: tuple[int | str, ...]) -> str:
+    """The environment variable behind a validation error location."""
+    parts = [str(p) for p in loc if not isinstance(p, int)]
+    return "EMBED_" + "__".join(p.upper() for p in parts) if parts else "EMBED_*"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment; raise SettingsError with one readable line per problem."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            msg = err["msg"]
+            lines.append(f"{env_name(err['loc'])}: {msg}")
+        raise SettingsError("invalid settings: " + "; ".join(lines)) from None
+    except (json.JSONDecodeError, SourceError) as e:
+        raise SettingsError(f"invalid settings: an EMBED_ variable holds JSON that does not parse ({e})") from None
+
+
+def describe_settings() -> list[tuple[str, str, str]]:
+    """(variable, default, description) for every setting, for `run --help` and the README."""
+    rows: list[tuple[str, str, str]] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            var = f"{prefix}{name.upper()}"
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, var + "__")
+                continue
+            default = field.get_default(call_default_factory=True)
+            if isinstance(default, Enum):
+                default = default.value
+            rows.append((var, json.dumps(default) if isinstance(default, dict) else str(default),
+                         field.description or ""))
+
+    walk(Settings, "EMBED_")
+    return rows
