@@ -1,0 +1,130 @@
+"""Texts -> vectors: tokenize the whole micro-batch in one call, then mean-pool token rows in C.
+
+Contract: `Encoder.encode(texts)` equals `model2vec.StaticModel.encode(texts)` on the same folder
+(float32 tables: max abs difference <= 1e-6), including its character pre-truncation, token truncation
+to `max_length`, unknown-token removal, token `weights`/`mapping`, and `normalize`. Output is always
+float32 [n, dim]; a text with no tokens is a zero vector.
+
+Pooling is one sparse (texts x rows) matrix times the table: each token adds its row (times its weight)
+to its text's row in scipy's CSR kernel, without a Python loop; one division by the counts makes the mean.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import chain
+
+import numpy as np
+import scipy.sparse as sp
+from tokenizers import Tokenizer
+
+from worker.model import Model
+
+DEFAULT_MAX_LENGTH = 512
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One batch's vectors [n, dim] float32 and the tokens pooled for each text (after truncation)."""
+
+    vectors: np.ndarray
+    token_counts: np.ndarray
+
+
+def unknown_token_id(tokenizer: Tokenizer) -> int | None:
+    """The id model2vec drops from every encoding (WordPiece/BPE/WordLevel unk_token, Unigram unk_id)."""
+    model = tokenizer.model
+    if hasattr(model, "unk_token"):
+        token = model.unk_token
+        return None if token is None else tokenizer.token_to_id(token)
+    unk = json.loads(tokenizer.to_str())["model"].get("unk_id")
+    return None if unk is None else int(unk)
+
+
+class Encoder:
+    """Vectorized lookup-and-average encoder over a loaded `Model`."""
+
+    def __init__(self, model: Model, *, max_length: int | None = -1, normalize: bool | None = None) -> None:
+        self.model = model
+        cfg_max = model.config.get("max_length", DEFAULT_MAX_LENGTH)
+        self.max_length: int | None = cfg_max if max_length == -1 else max_length
+        self.normalize = bool(model.config.get("normalize", False)) if normalize is None else normalize
+        self.dim = model.dim
+
+        tok = copy.deepcopy(model.tokenizer)
+        padding = tok.padding
+        if padding is not None:
+            tok.enable_padding(pad_id=padding["pad_id"], pad_token=padding["pad_token"],
+                               pad_type_id=padding["pad_type_id"], length=0)
+        if self.max_length is None:
+            tok.no_truncation()
+        else:
+            tok.enable_truncation(self.max_length)
+        self.tokenizer = tok
+        self._encode_batch = getattr(tok, "encode_batch_fast", tok.encode_batch)
+        self.unk_id = unknown_token_id(tok)
+
+        # model2vec cuts each text to max_length * median token length characters before tokenizing.
+        vocab = tok.get_vocab(with_added_tokens=True)
+        self.median_token_length = int(np.median([len(t) for t in vocab])) if vocab else 1
+        self.char_limit = None if self.max_length is None else self.max_length * self.median_token_length
+
+        self._table = model.table
+        self._direct = model.table.dtype == np.float32  # CSR can multiply the mapped table in place
+        self._weights = None if model.weights is None else np.asarray(model.weights, dtype=np.float32)
+        self._mapping = model.mapping
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids of the batch, flat (int64), and the count per text, unknown tokens removed."""
+        if self.char_limit is not None and max(map(len, texts), default=0) > self.char_limit:
+            limit = self.char_limit
+            texts = [t[:limit] for t in texts]
+        encodings = self._encode_batch(list(texts), add_special_tokens=False)
+        id_lists = [e.ids for e in encodings]
+        counts = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
+        flat = np.fromiter(chain.from_iterable(id_lists), dtype=np.int64, count=int(counts.sum()))
+        if self.unk_id is not None and flat.size:
+            keep = flat != self.unk_id
+            if not keep.all():
+                owner = np.repeat(np.arange(len(id_lists)), counts)[keep]
+                flat = flat[keep]
+                counts = np.bincount(owner, minlength=len(id_lists)).astype(np.int64)
+        return flat, counts
+
+    def pool(self, flat: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Mean (weighted if the model has weights) of each text's token rows; float32 [n, dim]."""
+        n = counts.shape[0]
+        if flat.size == 0:
+            return np.zeros((n, self.dim), dtype=np.float32)
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        # Sum first, divide once: the same order of float32 operations as model2vec's mean.
+        data = np.ones(flat.size, dtype=np.float32) if self._weights is None else self._weights[flat]
+        rows = flat if self._mapping is None else self._mapping[flat]
+        if self._direct:
+            m = sp.csr_matrix((data, rows, indptr), shape=(n, self._table.shape[0]))
+            out = m @ self._table
+        else:
+            gathered = self._table[rows].astype(np.float32)
+            m = sp.csr_matrix((data, np.arange(rows.size), indptr), shape=(n, rows.size))
+            out = m @ gathered
+        out = np.ascontiguousarray(out, dtype=np.float32)
+        out /= np.maximum(counts, 1).astype(np.float32)[:, None]
+        return out
+
+    def encode_batch(self, texts: Sequence[str]) -> Encoded:
+        """Encode a micro-batch; also returns the pooled token count of each text (for metrics)."""
+        flat, counts = self.tokenize(texts)
+        out = self.pool(flat, counts)
+        if self.normalize:
+            norm = np.linalg.norm(out, axis=1, keepdims=True)
+            norm += 1e-32
+            out /= norm
+        return Encoded(out, counts)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """float32 [len(texts), dim]; equals model2vec.StaticModel.encode on the same model folder."""
+        return self.encode_batch(texts).vectors

@@ -1,0 +1,249 @@
+"""Load a Model2Vec folder: the embedding table (memory-mapped), the tokenizer and the config.
+
+The table is mapped read-only straight from `model.safetensors`, in the dtype it is stored in, so that
+every worker process on a host shares one copy in the page cache and start-up reads no more than it
+needs. Every way a model folder can be wrong fails here, at load, with the file and the problem named.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.safetensors"
+TOKENIZER_FILE = "tokenizer.json"
+CONFIG_FILE = "config.json"
+# sentence-transformers' StaticEmbedding layout, which model2vec also reads.
+ST_SUBFOLDER = "0_StaticEmbedding"
+
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+}
+_MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+class ModelError(Exception):
+    """A model cannot be found or loaded; the message names the file or setting and the problem."""
+
+
+@dataclass(frozen=True)
+class Model:
+    """A loaded Model2Vec model. `table` is a read-only memory map: [rows, dim] in the stored dtype."""
+
+    name: str
+    path: Path
+    table: np.ndarray
+    tokenizer: Tokenizer
+    config: dict[str, Any]
+    weights: np.ndarray | None = None
+    mapping: np.ndarray | None = None
+    table_file: Path = field(default_factory=Path)
+
+    @property
+    def dim(self) -> int:
+        return int(self.table.shape[1])
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.tokenizer.get_vocab_size(with_added_tokens=True))
+
+    @property
+    def dtype(self) -> str:
+        return np.dtype(self.table.dtype).name
+
+    @property
+    def table_bytes(self) -> int:
+        return int(self.table.nbytes)
+
+    def check_dim(self, expected: int | None) -> None:
+        """Stop start-up when a configured dimension does not match the model's."""
+        if expected is not None and expected != self.dim:
+            raise ModelError(
+                f"{self.path}: model dimension is {self.dim} but EMBED_MODEL__EXPECTED_DIM is {expected}; "
+                "point EMBED_MODEL__PATH at the intended model or change the expected dimension"
+            )
+
+
+def read_safetensors_index(path: Path) -> tuple[int, dict[str, dict[str, Any]]]:
+    """Parse a safetensors header: (offset of the data section, {tensor name: {dtype, shape, data_offsets}})."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) != 8:
+                raise ModelError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
+            (n,) = struct.unpack("<Q", head)
+            if n > _MAX_HEADER_BYTES:
+                raise ModelError(f"{path}: not a safetensors file (header length {n} is implausible)")
+            raw = f.read(n)
+    except OSError as e:
+        raise ModelError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"{path}: safetensors header is not valid JSON ({e})") from None
+    header.pop("__metadata__", None)
+    return 8 + n, header
+
+
+def map_tensor(path: Path, data_start: int, name: str, info: dict[str, Any]) -> np.ndarray:
+    """Memory-map one tensor read-only, with the dtype and shape its header declares."""
+    dtype_name = info.get("dtype")
+    dtype = _SAFETENSORS_DTYPES.get(str(dtype_name))
+    if dtype is None:
+        raise ModelError(
+            f"{path}: tensor '{name}' has dtype {dtype_name}, which this worker does not load "
+            f"(supported: {', '.join(_SAFETENSORS_DTYPES)})"
+        )
+    shape = tuple(int(s) for s in info.get("shape", []))
+    begin, end = (int(x) for x in info.get("data_offsets", (0, 0)))
+    expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    if end - begin != expected:
+        raise ModelError(f"{path}: tensor '{name}' declares shape {shape} but holds {end - begin} bytes")
+    if os.path.getsize(path) < data_start + end:
+        raise ModelError(f"{path}: file is truncated (tensor '{name}' ends past the end of the file)")
+    if expected == 0:
+        return np.zeros(shape, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=data_start + begin, shape=shape)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise ModelError(f"{path}: file not found") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def _model_folder(path: Path) -> Path:
+    if not path.exists():
+        raise ModelError(f"{path}: model folder not found (set EMBED_MODEL__PATH to a Model2Vec folder)")
+    if not path.is_dir():
+        raise ModelError(f"{path}: not a folder (EMBED_MODEL__PATH must name a Model2Vec folder)")
+    if not (path / MODEL_FILE).exists() and (path / ST_SUBFOLDER / MODEL_FILE).exists():
+        return path / ST_SUBFOLDER
+    return path
+
+
+def load_model(path: str | os.PathLike[str], name: str | None = None) -> Model:
+    """Load and validate a Model2Vec folder (model.safetensors, tokenizer.json, config.json)."""
+    folder = _model_folder(Path(path))
+    table_file = folder / MODEL_FILE
+    tok_file = folder / TOKENIZER_FILE
+    if not tok_file.exists() and (folder.parent / TOKENIZER_FILE).exists():
+        tok_file = folder.parent / TOKENIZER_FILE
+    cfg_file = folder / CONFIG_FILE
+    if not cfg_file.exists() and (folder.parent / CONFIG_FILE).exists():
+        cfg_file = folder.parent / CONFIG_FILE
+    for f in (table_file, tok_file, cfg_file):
+        if not f.exists():
+            raise ModelError(f"{f}: file not found (a Model2Vec folder holds {MODEL_FILE}, {TOKENIZER_FILE}, "
+                             f"{CONFIG_FILE})")
+
+    config = _read_json(cfg_file)
+    _read_json(tok_file)  # a clear JSON error beats the tokenizer library's
+    try:
+        tokenizer = Tokenizer.from_file(str(tok_file))
+    except Exception as e:  # the tokenizers library raises plain Exception subclasses
+        raise ModelError(f"{tok_file}: not a Hugging Face tokenizer ({e})") from None
+
+    data_start, index = read_safetensors_index(table_file)
+    emb_name = "embeddings" if "embeddings" in index else "embedding.weight" if "embedding.weight" in index else None
+    if emb_name is None:
+        raise ModelError(
+            f"{table_file}: no tensor named 'embeddings' (found: {', '.join(sorted(index)) or 'none'})"
+        )
+    table = map_tensor(table_file, data_start, emb_name, index[emb_name])
+    if table.ndim != 2 or table.shape[0] == 0 or table.shape[1] == 0:
+        raise ModelError(f"{table_file}: tensor '{emb_name}' must be 2-D [rows, dim], found shape {table.shape}")
+    if table.dtype not in (np.float32, np.float16, np.int8, np.float64):
+        raise ModelError(f"{table_file}: embedding dtype {table.dtype} is not float32, float16, int8 or float64")
+
+    vocab = tokenizer.get_vocab_size(with_added_tokens=True)
+    weights = mapping = None
+    if "weights" in index:
+        weights = np.asarray(map_tensor(table_file, data_start, "weights", index["weights"]))
+        if weights.shape != (vocab,):
+            raise ModelError(
+                f"{table_file}: tensor 'weights' has shape {weights.shape}, expected ({vocab},) "
+                f"= the tokenizer's vocabulary size"
+            )
+    if "mapping" in index:
+        mapping = np.asarray(map_tensor(table_file, data_start, "mapping", index["mapping"])).astype(np.int64)
+        if mapping.shape != (vocab,):
+            raise ModelError(
+                f"{table_file}: tensor 'mapping' has shape {mapping.shape}, expected ({vocab},) "
+                f"= the tokenizer's vocabulary size"
+            )
+        if mapping.size and (mapping.min() < 0 or mapping.max() >= table.shape[0]):
+            raise ModelError(f"{table_file}: tensor 'mapping' points outside the {table.shape[0]} table rows")
+    elif table.shape[0] != vocab:
+        raise ModelError(
+            f"{table_file}: table has {table.shape[0]} rows but {tok_file.name} has {vocab} tokens "
+            "(and there is no 'mapping' tensor)"
+        )
+    model = Model(
+        name=name or str(config.get("model_name") or Path(path).name),
+        path=Path(path),
+        table=table,
+        tokenizer=tokenizer,
+        config=config,
+        weights=weights,
+        mapping=mapping,
+        table_file=table_file,
+    )
+    log.info(
+        "model loaded",
+        extra={"model": model.name, "path": str(path), "dim": model.dim, "vocab_size": vocab,
+               "dtype": model.dtype, "table_bytes": model.table_bytes},
+    )
+    return model
+
+
+def resolve_model_path(path: str | None, name: str) -> Path:
+    """A local folder for the model: `path` if set, else `name` if it is a folder, else the hub."""
+    if path:
+        return Path(path)
+    if Path(name).is_dir():
+        return Path(name)
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ModelError(
+            f"model '{name}' is not a local folder and huggingface_hub is not installed: "
+            "set EMBED_MODEL__PATH to a local Model2Vec folder (or pip install 'embedstream[hub]')"
+        ) from None
+    patterns = [MODEL_FILE, TOKENIZER_FILE, CONFIG_FILE, f"{ST_SUBFOLDER}/*", "modules.json"]
+    try:
+        return Path(snapshot_download(name, allow_patterns=patterns, local_files_only=True))
+    except Exception:  # not cached: fall through to the network
+        pass
+    try:
+        return Path(snapshot_download(name, allow_patterns=patterns))
+    except Exception as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelError(
+            f"model '{name}' could not be fetched from the Hugging Face hub ({type(e).__name__}: {reason[:200]}): "
+            "set EMBED_MODEL__PATH to a local Model2Vec folder"
+        ) from None
