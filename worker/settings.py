@@ -10,7 +10,7 @@ settings object never prints a password.
 from __future__ import annotations
 
 import json
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -25,22 +25,22 @@ class SettingsError(ValueError):
     """A setting is missing or invalid; the message names the environment variable."""
 
 
-class InputFormat(str, Enum):
+class InputFormat(StrEnum):
     json = "json"
     text = "text"
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     json = "json"
     f32 = "f32"
 
 
-class EmptyTextPolicy(str, Enum):
+class EmptyTextPolicy(StrEnum):
     dead_letter = "dead_letter"
     zero_vector = "zero_vector"
 
 
-class ProcessingGuarantee(str, Enum):
+class ProcessingGuarantee(StrEnum):
     at_least_once = "at_least_once"
     exactly_once = "exactly_once"
 

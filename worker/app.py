@@ -1,0 +1,63 @@
+"""Wires one worker process together: settings -> model -> encoder -> metrics/probes -> pipeline."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import confluent_kafka
+from prometheus_client import CollectorRegistry
+
+from worker.encoder import Encoder
+from worker.metrics import Metrics
+from worker.model import load_model, resolve_model_path
+from worker.pipeline import Pipeline, install_signal_handlers
+from worker.probes import Health, serve
+from worker.settings import ModelSettings, Settings
+
+log = logging.getLogger(__name__)
+
+
+def open_encoder(ms: ModelSettings) -> tuple[Encoder, str]:
+    """Resolve, load and check the configured model; (encoder, model name)."""
+    path = resolve_model_path(ms.path, ms.name)
+    model = load_model(path, name=ms.name if not ms.path else None)
+    model.check_dim(ms.expected_dim)
+    encoder = Encoder(model, max_length=ms.max_length, normalize=ms.normalize)
+    return encoder, model.name
+
+
+def build(settings: Settings, registry: CollectorRegistry | None = None, *,
+          install_signals: bool = True) -> tuple[Pipeline, Metrics, Health]:
+    """Everything one process needs, started except the loop itself."""
+    registry = registry or CollectorRegistry()
+    metrics = Metrics(registry, process_collectors=True)
+    metrics.set_build(librdkafka=confluent_kafka.libversion()[0], confluent_kafka=confluent_kafka.version()[0])
+    health = Health(settings.metrics.stall_timeout_s)
+    if settings.metrics.enabled:
+        serve(registry, health, settings.metrics.host, settings.metrics.port)
+    encoder, name = open_encoder(settings.model)
+    health.model_loaded = True
+    m = encoder.model
+    metrics.set_model(name=name, dim=m.dim, vocab_size=m.vocab_size, dtype=m.dtype, table_bytes=m.table_bytes,
+                      fast_path="off")
+    metrics.update_memory()
+    pipeline = Pipeline(settings, encoder, name, metrics, health)
+    if install_signals and threading.current_thread() is threading.main_thread():
+        install_signal_handlers(pipeline)
+    return pipeline, metrics, health
+
+
+def run(settings: Settings) -> int:
+    pipeline, metrics, _ = build(settings)
+    stop = threading.Event()
+
+    def refresh_memory() -> None:
+        while not stop.wait(15):
+            metrics.update_memory()
+
+    threading.Thread(target=refresh_memory, name="memory", daemon=True).start()
+    try:
+        return pipeline.run()
+    finally:
+        stop.set()

@@ -1,0 +1,22 @@
+"""Benchmarks: `embedstream bench encoder` and `embedstream bench pipeline`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+BENCHES = {
+    "encoder": "encoder vs model2vec.StaticModel.encode: texts/s and tokens/s, one core and all cores",
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="bench", required=True)
+    for name, help_text in BENCHES.items():
+        module = importlib.import_module(f"worker.bench.{name}")
+        module.add_arguments(sub.add_parser(name, help=help_text))
+
+
+def main(args: argparse.Namespace) -> int:
+    module = importlib.import_module(f"worker.bench.{args.bench}")
+    return int(module.main(args))

@@ -1,0 +1,454 @@
+"""consume -> micro-batch -> decode -> encode -> produce -> store offsets, at least once.
+
+One thread runs the loop. A batch is what one `consume(max_messages, max_wait)` call returns. Its
+outputs and dead letters are produced asynchronously; an input offset is stored only when every output
+of its batch and of every earlier batch is acknowledged (`OffsetTracker`), and librdkafka's auto-commit
+commits stored offsets periodically. On revoke and on shutdown the producer is flushed and the stored
+offsets are committed synchronously. A crash therefore repeats at most the unacknowledged batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from worker.codecs import InputDecoder, OutputEncoder, Reason, dead_letter_headers, source_headers
+from worker.encoder import Encoder
+from worker.metrics import Metrics, observe_many
+from worker.probes import Health
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_DELIVERY_FAILED = 3
+EXIT_FATAL = 4
+
+
+@dataclass
+class PendingBatch:
+    """Outputs of one batch awaiting acknowledgement, and the input offsets they release."""
+
+    outstanding: int
+    next_offsets: dict[tuple[str, int], int]
+    timestamps_ms: np.ndarray
+    produced: int
+    dead_lettered: int
+    bytes_out: int
+    started: float = field(default_factory=time.perf_counter)
+    failed: list[str] = field(default_factory=list)
+    done_at: float | None = None
+
+    def on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self.failed.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
+        self.outstanding -= 1
+        if self.outstanding == 0:
+            self.done_at = time.perf_counter()
+
+
+class OffsetTracker:
+    """Releases input offsets in consumption order, each only after its batch is fully acknowledged."""
+
+    def __init__(self) -> None:
+        self.pending: deque[PendingBatch] = deque()
+
+    def add(self, batch: PendingBatch) -> None:
+        if batch.outstanding == 0:
+            batch.done_at = time.perf_counter()
+        self.pending.append(batch)
+
+    def pop_done(self) -> list[PendingBatch]:
+        """Batches at the front that are complete (successfully or not), in order."""
+        out = []
+        while self.pending and self.pending[0].done_at is not None:
+            out.append(self.pending.popleft())
+        return out
+
+    @property
+    def in_flight_messages(self) -> int:
+        return sum(len(b.timestamps_ms) for b in self.pending)
+
+
+def consumer_config(s: Settings, on_stats: Callable[[str], None], on_error: Callable[[KafkaError], None]
+                    ) -> dict[str, Any]:
+    k = s.kafka
+    conf: dict[str, Any] = {
+        "bootstrap.servers": k.bootstrap_servers,
+        "group.id": k.group_id,
+        "client.id": f"{k.client_id}-consumer",
+        "partition.assignment.strategy": "cooperative-sticky",
+        "auto.offset.reset": k.auto_offset_reset,
+        "enable.auto.commit": True,
+        "enable.auto.offset.store": False,
+        "auto.commit.interval.ms": k.commit_interval_ms,
+        "session.timeout.ms": k.session_timeout_ms,
+        "queued.max.messages.kbytes": s.batch.max_prefetch_kbytes,
+        "fetch.max.bytes": max(s.input.max_bytes * 2, 52428800),
+        "max.partition.fetch.bytes": max(s.input.max_bytes + 4096, 1048576),
+        "statistics.interval.ms": s.metrics.statistics_interval_ms,
+        "reconnect.backoff.max.ms": 5000,
+        "error_cb": on_error,
+        "stats_cb": on_stats,
+    }
+    if k.group_instance_id:
+        conf["group.instance.id"] = k.group_instance_id
+    conf.update(k.extra("consumer"))
+    return conf
+
+
+def producer_config(s: Settings, on_error: Callable[[KafkaError], None]) -> dict[str, Any]:
+    k = s.kafka
+    conf: dict[str, Any] = {
+        "bootstrap.servers": k.bootstrap_servers,
+        "client.id": f"{k.client_id}-producer",
+        "enable.idempotence": True,  # retries keep per-partition order and add no duplicates
+        "acks": "all",
+        "linger.ms": 5,
+        "batch.size": 1048576,
+        "compression.type": s.output.compression,
+        "queue.buffering.max.messages": 200000,
+        "queue.buffering.max.kbytes": 262144,
+        "message.max.bytes": max(s.input.max_bytes * 2, 1048576),
+        "delivery.timeout.ms": 300000,
+        "reconnect.backoff.max.ms": 5000,
+        "error_cb": on_error,
+    }
+    conf.update(k.extra("producer"))
+    return conf
+
+
+class Pipeline:
+    """The worker's processing loop over one consumer and one producer."""
+
+    def __init__(self, settings: Settings, encoder: Encoder, model_name: str, metrics: Metrics,
+                 health: Health) -> None:
+        self.s = settings
+        self.encoder = encoder
+        self.metrics = metrics
+        self.health = health
+        self.decoder = InputDecoder(settings.input)
+        self.outputs = OutputEncoder(settings.output.format, model_name, encoder.dim)
+        self.tracker = OffsetTracker()
+        self.stop_event = threading.Event()
+        self.exit_code = EXIT_OK
+        self.assigned: set[tuple[str, int]] = set()
+        self.paused = False
+        self._held: list[Message] = []
+        self._last_error_log: dict[str, float] = {}
+        self.consumer = Consumer(consumer_config(settings, self._on_stats, self._on_error))
+        self.producer = Producer(producer_config(settings, self._on_error))
+        self.wait_s = settings.batch.max_wait_ms / 1000.0
+
+    # ---- callbacks (run inside consume/poll on the loop thread) ----
+
+    def _on_error(self, err: KafkaError) -> None:
+        kind = err.name().lower().lstrip("_") if err.name() else "unknown"
+        self.metrics.kafka_errors.labels(kind).inc()
+        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE):
+            self.health.broker_up = False
+            self.metrics.broker_up.set(0)
+        if err.fatal():
+            log.error("fatal client error; stopping", extra={"error": err.str()})
+            self.exit_code = EXIT_FATAL
+            self.stop_event.set()
+            return
+        now = time.monotonic()
+        if now - self._last_error_log.get(kind, 0.0) > 10:  # a broker outage must not flood the log
+            self._last_error_log[kind] = now
+            log.warning("kafka client error (librdkafka retries with back-off)",
+                        extra={"error": err.str(), "code": kind})
+
+    def _on_stats(self, raw: str) -> None:
+        try:
+            stats = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return
+        up = any(b.get("state") == "UP" for b in stats.get("brokers", {}).values() if b.get("nodeid", -1) >= 0)
+        self.health.broker_up = up
+        self.metrics.broker_up.set(1 if up else 0)
+        total = 0
+        for topic, t in stats.get("topics", {}).items():
+            for pid, p in t.get("partitions", {}).items():
+                part = int(pid)
+                if part < 0 or (topic, part) not in self.assigned:
+                    continue
+                lag = p.get("consumer_lag_stored", -1)
+                if lag is None or lag < 0:
+                    lag = p.get("consumer_lag", -1)
+                if lag is not None and lag >= 0:
+                    self.metrics.lag.labels(topic, str(part)).set(lag)
+                    total += lag
+        self.metrics.lag_total.set(total)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assigned.update((p.topic, p.partition) for p in partitions)
+        self.health.joined = True
+        self.metrics.rebalances.labels("assign").inc()
+        self.metrics.assigned.set(len(self.assigned))
+        if self.paused and partitions:
+            consumer.pause(partitions)
+        log.info("partitions assigned", extra={"partitions": _names(partitions), "assigned": len(self.assigned)})
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.metrics.rebalances.labels("revoke").inc()
+        self._drain(self.s.shutdown_grace_s)
+        self._commit()
+        self._forget(partitions)
+        log.info("partitions revoked", extra={"partitions": _names(partitions), "assigned": len(self.assigned)})
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.metrics.rebalances.labels("lost").inc()
+        self._forget(partitions)
+        log.warning("partitions lost (session expired); their uncommitted inputs will be re-read by the new owner",
+                    extra={"partitions": _names(partitions)})
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
+        for p in partitions:
+            self.assigned.discard((p.topic, p.partition))
+            try:
+                self.metrics.lag.remove(p.topic, str(p.partition))
+            except KeyError:
+                pass
+        self.metrics.assigned.set(len(self.assigned))
+
+    # ---- offsets ----
+
+    def _release(self) -> None:
+        """Serve delivery reports; store offsets of every fully acknowledged batch at the front."""
+        self.producer.poll(0)
+        done = self.tracker.pop_done()
+        if not done:
+            return
+        offsets: dict[tuple[str, int], int] = {}
+        for b in done:
+            if b.failed:
+                self._delivery_failed(b)
+                return
+            offsets.update(b.next_offsets)
+            self.metrics.produced.inc(b.produced)
+            self.metrics.bytes_out.inc(b.bytes_out)
+            assert b.done_at is not None
+            self.metrics.stage_seconds.labels("produce").observe(b.done_at - b.started)
+            if len(b.timestamps_ms):
+                ts = b.timestamps_ms[b.timestamps_ms > 0]
+                observe_many(self.metrics.e2e_seconds, time.time() - ts / 1000.0)
+        owned = [TopicPartition(t, p, o) for (t, p), o in offsets.items() if (t, p) in self.assigned]
+        if owned:
+            try:
+                self.consumer.store_offsets(offsets=owned)
+            except KafkaException as e:  # a partition revoked in between: its new owner re-reads
+                log.debug("store_offsets failed", extra={"error": str(e)})
+
+    def _delivery_failed(self, batch: PendingBatch) -> None:
+        """An output could not be delivered within delivery.timeout.ms: never store past it; stop so that
+        a restart re-reads from the last committed offset (the supervisor or Kubernetes restarts us)."""
+        log.error("output delivery failed; stopping without storing offsets past the failed batch",
+                  extra={"errors": batch.failed[:5], "failed": len(batch.failed)})
+        self.exit_code = EXIT_DELIVERY_FAILED
+        self.stop_event.set()
+        self.tracker.pending.clear()
+
+    def _drain(self, timeout_s: float) -> bool:
+        """Wait until every produced output is acknowledged (or the timeout passes); store offsets."""
+        deadline = time.monotonic() + timeout_s
+        while self.tracker.pending and time.monotonic() < deadline and self.exit_code != EXIT_DELIVERY_FAILED:
+            self.producer.flush(min(0.5, max(0.0, deadline - time.monotonic())))
+            self._release()
+        return not self.tracker.pending
+
+    def _commit(self) -> None:
+        """Commit the stored offsets (only acknowledged work is ever stored) synchronously."""
+        t0 = time.perf_counter()
+        try:
+            self.consumer.commit(asynchronous=False)
+        except KafkaException as e:
+            err = e.args[0] if e.args else None
+            if not (isinstance(err, KafkaError) and err.code() == KafkaError._NO_OFFSET):
+                log.warning("commit failed", extra={"error": str(e)})
+        self.metrics.stage_seconds.labels("commit").observe(time.perf_counter() - t0)
+
+    # ---- the loop ----
+
+    def run(self) -> int:
+        """Process until stopped (signal or stop()); returns the process exit code."""
+        s = self.s
+        self.consumer.subscribe([s.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_lost)
+        log.info("consuming", extra={"input": s.input_topic, "output": s.output_topic, "dlq": s.dlq_topic,
+                                     "group": s.kafka.group_id, "bootstrap": s.kafka.bootstrap_servers})
+        max_in_flight = s.batch.max_in_flight_batches
+        try:
+            while not self.stop_event.is_set():
+                msgs = self._held or self.consumer.consume(s.batch.max_messages, self.wait_s)
+                self._held = []
+                if self.paused:
+                    # Backpressure: hold what arrived, serve acknowledgements until the queue drains.
+                    self._held = msgs
+                    self.producer.poll(0.05)
+                self._release()
+                if msgs and not self.paused:
+                    self.health.broker_up = True
+                    self.process(msgs)
+                self._backpressure(max_in_flight)
+                self.metrics.producer_queue.set(len(self.producer))
+                in_flight = self.tracker.in_flight_messages
+                self.metrics.in_flight.set(in_flight)
+                self.metrics.last_progress.set(time.time())
+                self.health.step(has_work=bool(msgs) or in_flight > 0)
+        finally:
+            self._shutdown()
+        return self.exit_code
+
+    def _backpressure(self, max_in_flight: int) -> None:
+        busy = len(self.tracker.pending) >= max_in_flight
+        if busy and not self.paused:
+            parts = self.consumer.assignment()
+            self.consumer.pause(parts)
+            self.paused = True
+            self.metrics.paused.set(len(parts))
+        elif not busy and self.paused:
+            parts = self.consumer.assignment()
+            self.consumer.resume(parts)
+            self.paused = False
+            self.metrics.paused.set(0)
+
+    def process(self, msgs: list[Message]) -> None:
+        """Decode, encode and produce one micro-batch; register it with the offset tracker."""
+        m = self.metrics
+        t0 = time.perf_counter()
+        real: list[Message] = []
+        for msg in msgs:
+            err = msg.error()
+            if err is None:
+                real.append(msg)
+            elif err.code() != KafkaError._PARTITION_EOF:
+                self._on_error(err)
+        if not real:
+            return
+        n = len(real)
+        values = [msg.value() for msg in real]
+        keys = [msg.key() for msg in real]
+        where = [(msg.topic(), msg.partition(), msg.offset()) for msg in real]
+        m.consumed.inc(n)
+        m.bytes_in.inc(sum(len(v) for v in values if v is not None))
+        dec = self.decoder.decode(values, keys, where)
+        t1 = time.perf_counter()
+        m.stage_seconds.labels("decode").observe(t1 - t0)
+
+        bad = list(dec.bad)
+        vectors = np.zeros((0, self.encoder.dim), np.float32)
+        if dec.texts:
+            try:
+                enc = self.encoder.encode_batch(dec.texts)
+                vectors = enc.vectors
+                tokens = int(enc.token_counts.sum())
+                m.tokens.inc(tokens)
+                m.batch_tokens.observe(tokens)
+                m.embedded.inc(len(dec.texts))
+            except Exception as e:  # one bad text must not stop the stream: dead-letter the batch's texts
+                log.exception("encoder failed on a batch; dead-lettering its texts")
+                bad.extend((i, Reason.ENCODE_ERROR, f"{type(e).__name__}: {e}"[:500]) for i in dec.good)
+                dec.good, dec.ids = [], []
+        t2 = time.perf_counter()
+        m.stage_seconds.labels("encode").observe(t2 - t1)
+        m.batch_size.observe(n)
+
+        next_offsets: dict[tuple[str, int], int] = {}
+        for topic, part, off in where:
+            next_offsets[(topic, part)] = off + 1
+        out_values = self.outputs.values(dec.ids, vectors) if dec.good else []
+        batch = PendingBatch(
+            outstanding=len(out_values) + len(bad),
+            next_offsets=next_offsets,
+            timestamps_ms=np.fromiter((msg.timestamp()[1] for msg in real), dtype=np.int64, count=n),
+            produced=len(out_values),
+            dead_lettered=len(bad),
+            bytes_out=sum(map(len, out_values)),
+        )
+        cb = batch.on_delivery
+        out_topic = self.s.output_topic
+        for i, ident, value in zip(dec.good, dec.ids, out_values, strict=True):
+            msg = real[i]
+            topic, part, off = where[i]
+            headers = list(msg.headers() or ())
+            headers.extend(source_headers(topic, part, off))
+            headers.extend(self.outputs.extra_headers(ident))
+            self._produce(out_topic, keys[i], value, headers, cb)
+        for i, reason, text in bad:
+            msg = real[i]
+            headers = list(msg.headers() or ())
+            headers.extend(dead_letter_headers(reason, text, *where[i]))
+            self._produce(self.s.dlq_topic, keys[i], values[i], headers, cb)
+            m.dead_lettered.labels(reason).inc()
+        self.tracker.add(batch)
+        self.producer.poll(0)
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]],
+                 cb: Callable[[KafkaError | None, Message], None]) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=cb)
+                return
+            except BufferError:  # local queue full: wait for acknowledgements to free space
+                self.producer.poll(0.1)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def _shutdown(self) -> None:
+        """Finish in-flight outputs, commit, leave the group — within the grace period."""
+        self.health.stopping = True
+        t0 = time.monotonic()
+        grace = self.s.shutdown_grace_s
+        if self.exit_code != EXIT_DELIVERY_FAILED:
+            drained = self._drain(max(1.0, grace - 3.0))
+            if not drained:
+                log.error("shutdown: outputs not acknowledged within the grace period; their inputs stay "
+                          "uncommitted and will be re-read", extra={"batches": len(self.tracker.pending)})
+            self._commit()
+        try:
+            self.consumer.close()  # leaves the group; with auto-commit it commits stored offsets once more
+        except (KafkaException, RuntimeError) as e:
+            log.warning("consumer close failed", extra={"error": str(e)})
+        self.producer.flush(max(0.0, grace - (time.monotonic() - t0)))
+        log.info("stopped", extra={"seconds": round(time.monotonic() - t0, 3), "exit_code": self.exit_code})
+
+
+def install_signal_handlers(pipeline: Pipeline) -> None:
+    """SIGTERM/SIGINT: stop polling and shut down gracefully; a second signal exits at once."""
+    def handler(signum: int, frame: Any) -> None:
+        if pipeline.stop_event.is_set():
+            log.warning("second signal: exiting now")
+            raise SystemExit(130)
+        log.info("signal received; finishing the batch in flight", extra={"signal": signal.Signals(signum).name})
+        pipeline.stop()
+        # A watchdog: whatever blocks, the process is gone a little after the grace period.
+        timer = threading.Timer(pipeline.s.shutdown_grace_s + 2.0, _force_exit)
+        timer.daemon = True
+        timer.start()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _force_exit() -> None:
+    import os
+
+    log.error("shutdown exceeded the grace period; exiting")
+    logging.shutdown()
+    os._exit(EXIT_FATAL)
+
+
+def _names(partitions: list[TopicPartition]) -> str:
+    return ",".join(f"{p.topic}[{p.partition}]" for p in partitions)
