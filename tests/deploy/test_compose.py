@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import CHART, ROOT
+from deploy_support import CHART, ROOT
 
 pytestmark = pytest.mark.deploy
 

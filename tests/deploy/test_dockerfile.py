@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CHART, ROOT
+from deploy_support import CHART, ROOT
 
 pytestmark = pytest.mark.deploy
 

@@ -14,7 +14,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from conftest import ALL_ON, CHART, KUBE_VERSION, Rendered
+from deploy_support import ALL_ON, CHART, KUBE_VERSION, Rendered
 
 pytestmark = pytest.mark.deploy
 
