@@ -270,3 +270,36 @@ def test_healthcheck_command(status: int, healthy: bool) -> None:
         server.shutdown()
         server.server_close()
     assert (proc.returncode == 0) is healthy, proc.stderr
+
+
+def test_hub_stage_download_command(tmp_path: Path) -> None:
+    """Run the model-hub stage's `python -c` against a stand-in huggingface_hub that records its call, and
+    check the call binds to the real snapshot_download signature when huggingface_hub is installed."""
+    run = " ".join(parse()[1]["model-hub"].all("RUN"))
+    argv = shlex.split(run.split("&&")[0])
+    assert argv[:2] == ["python", "-c"]
+    code, *args = argv[2:]
+    assert args == ["$MODEL_ID", "$MODEL_REVISION"]
+    stub = tmp_path / "stub"
+    stub.mkdir()
+    record = tmp_path / "call.json"
+    (stub / "huggingface_hub.py").write_text(
+        "import json, os\n"
+        "def snapshot_download(*args, **kwargs):\n"
+        "    json.dump({'args': args, 'kwargs': kwargs}, open(os.environ['RECORD'], 'w'))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(stub), "RECORD": str(record)}
+    proc = subprocess.run([sys.executable, "-c", code, "org/model", "abc123"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    call = json.loads(record.read_text())
+    assert call["args"] == ["org/model"]
+    assert call["kwargs"]["revision"] == "abc123" and call["kwargs"]["local_dir"] == "/model"
+    assert {"*.safetensors", "*.json"} <= set(call["kwargs"]["allow_patterns"])
+    try:
+        import huggingface_hub
+    except ImportError:
+        return
+    import inspect
+
+    inspect.signature(huggingface_hub.snapshot_download).bind(*call["args"], **call["kwargs"])
