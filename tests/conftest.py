@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from modelfactory import build_model  # noqa: E402
+from modelfactory import build_model
 
 # A reference call must never change the worker's threading (model2vec sets this on >10k texts).
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")

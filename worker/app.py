@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 def open_encoder(ms: ModelSettings) -> tuple[Encoder, str]:
     """Resolve, load and check the configured model; (encoder, model name)."""
     path = resolve_model_path(ms.path, ms.name)
-    model = load_model(path, name=ms.name if not ms.path else None)
+    explicit_name = "name" in ms.model_fields_set or not ms.path
+    model = load_model(path, name=ms.name if explicit_name else None)
     model.check_dim(ms.expected_dim)
     encoder = Encoder(model, max_length=ms.max_length, normalize=ms.normalize)
     return encoder, model.name

@@ -8,10 +8,9 @@ so that rates read 0 rather than "no data". The registry is a parameter: tests p
 from __future__ import annotations
 
 import platform
-
-import numpy as np
 from collections.abc import Iterable
 
+import numpy as np
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -161,12 +160,12 @@ def observe_many(histogram: Histogram, values: np.ndarray) -> None:
     """
     if values.size == 0:
         return
-    upper = np.asarray(histogram._upper_bounds, dtype=np.float64)  # type: ignore[attr-defined]
+    upper = np.asarray(histogram._upper_bounds, dtype=np.float64)
     idx = np.searchsorted(upper, values, side="left")
     counts = np.bincount(idx, minlength=len(upper))
     for i in np.flatnonzero(counts):
-        histogram._buckets[i].inc(float(counts[i]))  # type: ignore[attr-defined]
-    histogram._sum.inc(float(values.sum()))  # type: ignore[attr-defined]
+        histogram._buckets[i].inc(float(counts[i]))
+    histogram._sum.inc(float(values.sum()))
 
 
 def read_smaps_rollup(pid: int | str = "self") -> dict[str, int]:

@@ -2,9 +2,10 @@
 
 One thread runs the loop. A batch is what one `consume(max_messages, max_wait)` call returns. Its
 outputs and dead letters are produced asynchronously; an input offset is stored only when every output
-of its batch and of every earlier batch is acknowledged (`OffsetTracker`), and librdkafka's auto-commit
-commits stored offsets periodically. On revoke and on shutdown the producer is flushed and the stored
-offsets are committed synchronously. A crash therefore repeats at most the unacknowledged batches.
+of its batch and of every earlier batch is acknowledged (`OffsetTracker`); stored offsets are committed
+asynchronously at most every `commit_interval_ms`. On revoke and on shutdown the producer is flushed and
+the stored offsets are committed synchronously. A crash therefore repeats at most the unacknowledged
+batches plus the acknowledged ones not yet committed (one commit interval's worth); it loses nothing.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from worker.codecs import InputDecoder, OutputEncoder, Reason, dead_letter_headers, source_headers
+from worker.codecs import Headers, InputDecoder, OutputEncoder, Reason, dead_letter_headers, source_headers
 from worker.encoder import Encoder
 from worker.metrics import Metrics, observe_many
 from worker.probes import Health
@@ -89,9 +90,8 @@ def consumer_config(s: Settings, on_stats: Callable[[str], None], on_error: Call
         "client.id": f"{k.client_id}-consumer",
         "partition.assignment.strategy": "cooperative-sticky",
         "auto.offset.reset": k.auto_offset_reset,
-        "enable.auto.commit": True,
+        "enable.auto.commit": False,  # we commit stored offsets ourselves: async per interval, sync on revoke
         "enable.auto.offset.store": False,
-        "auto.commit.interval.ms": k.commit_interval_ms,
         "session.timeout.ms": k.session_timeout_ms,
         "queued.max.messages.kbytes": s.batch.max_prefetch_kbytes,
         "fetch.max.bytes": max(s.input.max_bytes * 2, 52428800),
@@ -149,6 +149,8 @@ class Pipeline:
         self.consumer = Consumer(consumer_config(settings, self._on_stats, self._on_error))
         self.producer = Producer(producer_config(settings, self._on_error))
         self.wait_s = settings.batch.max_wait_ms / 1000.0
+        self.commit_interval_s = settings.kafka.commit_interval_ms / 1000.0
+        self._last_commit = 0.0
 
     # ---- callbacks (run inside consume/poll on the loop thread) ----
 
@@ -249,6 +251,10 @@ class Pipeline:
                 self.consumer.store_offsets(offsets=owned)
             except KafkaException as e:  # a partition revoked in between: its new owner re-reads
                 log.debug("store_offsets failed", extra={"error": str(e)})
+            now = time.monotonic()
+            if now - self._last_commit >= self.commit_interval_s:
+                self._last_commit = now
+                self._commit(asynchronous=True)
 
     def _delivery_failed(self, batch: PendingBatch) -> None:
         """An output could not be delivered within delivery.timeout.ms: never store past it; stop so that
@@ -267,11 +273,14 @@ class Pipeline:
             self._release()
         return not self.tracker.pending
 
-    def _commit(self) -> None:
-        """Commit the stored offsets (only acknowledged work is ever stored) synchronously."""
+    def _commit(self, asynchronous: bool = False) -> None:
+        """Commit the stored offsets (only acknowledged work is ever stored)."""
         t0 = time.perf_counter()
         try:
-            self.consumer.commit(asynchronous=False)
+            if asynchronous:
+                self.consumer.commit(asynchronous=True)
+            else:
+                self.consumer.commit(asynchronous=False)
         except KafkaException as e:
             err = e.args[0] if e.args else None
             if not (isinstance(err, KafkaError) and err.code() == KafkaError._NO_OFFSET):
@@ -287,20 +296,21 @@ class Pipeline:
                                 on_lost=self._on_lost)
         log.info("consuming", extra={"input": s.input_topic, "output": s.output_topic, "dlq": s.dlq_topic,
                                      "group": s.kafka.group_id, "bootstrap": s.kafka.bootstrap_servers})
-        max_in_flight = s.batch.max_in_flight_batches
         try:
             while not self.stop_event.is_set():
-                msgs = self._held or self.consumer.consume(s.batch.max_messages, self.wait_s)
-                self._held = []
                 if self.paused:
-                    # Backpressure: hold what arrived, serve acknowledgements until the queue drains.
-                    self._held = msgs
-                    self.producer.poll(0.05)
+                    msgs = self.consumer.consume(s.batch.max_messages, 0.05)  # serves rebalances; keeps us in
+                    self._held.extend(msgs)                                   # the group while output is slow
+                    msgs = []
+                elif self._held:
+                    msgs, self._held = self._held, []
+                else:
+                    msgs = self.consumer.consume(s.batch.max_messages, self.wait_s)
                 self._release()
-                if msgs and not self.paused:
+                if msgs:
                     self.health.broker_up = True
                     self.process(msgs)
-                self._backpressure(max_in_flight)
+                self._backpressure()
                 self.metrics.producer_queue.set(len(self.producer))
                 in_flight = self.tracker.in_flight_messages
                 self.metrics.in_flight.set(in_flight)
@@ -310,18 +320,28 @@ class Pipeline:
             self._shutdown()
         return self.exit_code
 
-    def _backpressure(self, max_in_flight: int) -> None:
-        busy = len(self.tracker.pending) >= max_in_flight
-        if busy and not self.paused:
-            parts = self.consumer.assignment()
-            self.consumer.pause(parts)
-            self.paused = True
-            self.metrics.paused.set(len(parts))
-        elif not busy and self.paused:
+    def _backpressure(self) -> None:
+        """Bound the outputs in flight: past `max_in_flight_batches`, wait for acknowledgements; if they
+        do not come within a second (slow or absent broker), pause consumption until they do."""
+        limit = self.s.batch.max_in_flight_batches
+        if len(self.tracker.pending) >= limit and not self.paused:
+            deadline = time.monotonic() + 1.0
+            while len(self.tracker.pending) >= limit and time.monotonic() < deadline:
+                self.producer.poll(0.05)
+                self._release()
+            if len(self.tracker.pending) >= limit:
+                parts = self.consumer.assignment()
+                self.consumer.pause(parts)
+                self.paused = True
+                self.metrics.paused.set(len(parts))
+                log.warning("output is slow: consumption paused",
+                            extra={"batches_in_flight": len(self.tracker.pending)})
+        elif self.paused and len(self.tracker.pending) < max(1, limit // 2):
             parts = self.consumer.assignment()
             self.consumer.resume(parts)
             self.paused = False
             self.metrics.paused.set(0)
+            log.info("output caught up: consumption resumed")
 
     def process(self, msgs: list[Message]) -> None:
         """Decode, encode and produce one micro-batch; register it with the offset tracker."""
@@ -339,7 +359,7 @@ class Pipeline:
         n = len(real)
         values = [msg.value() for msg in real]
         keys = [msg.key() for msg in real]
-        where = [(msg.topic(), msg.partition(), msg.offset()) for msg in real]
+        where = cast(list[tuple[str, int, int]], [(msg.topic(), msg.partition(), msg.offset()) for msg in real])
         m.consumed.inc(n)
         m.bytes_in.inc(sum(len(v) for v in values if v is not None))
         dec = self.decoder.decode(values, keys, where)
@@ -381,24 +401,25 @@ class Pipeline:
         for i, ident, value in zip(dec.good, dec.ids, out_values, strict=True):
             msg = real[i]
             topic, part, off = where[i]
-            headers = list(msg.headers() or ())
+            headers = cast(Headers, list(msg.headers() or ()))
             headers.extend(source_headers(topic, part, off))
             headers.extend(self.outputs.extra_headers(ident))
             self._produce(out_topic, keys[i], value, headers, cb)
         for i, reason, text in bad:
             msg = real[i]
-            headers = list(msg.headers() or ())
+            headers = cast(Headers, list(msg.headers() or ()))
             headers.extend(dead_letter_headers(reason, text, *where[i]))
             self._produce(self.s.dlq_topic, keys[i], values[i], headers, cb)
             m.dead_lettered.labels(reason).inc()
         self.tracker.add(batch)
         self.producer.poll(0)
 
-    def _produce(self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]],
+    def _produce(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers,
                  cb: Callable[[KafkaError | None, Message], None]) -> None:
         while True:
             try:
-                self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=cb)
+                self.producer.produce(topic, value=value, key=key, headers=headers,  # type: ignore[arg-type]
+                                      on_delivery=cb)
                 return
             except BufferError:  # local queue full: wait for acknowledgements to free space
                 self.producer.poll(0.1)
@@ -418,7 +439,7 @@ class Pipeline:
                           "uncommitted and will be re-read", extra={"batches": len(self.tracker.pending)})
             self._commit()
         try:
-            self.consumer.close()  # leaves the group; with auto-commit it commits stored offsets once more
+            self.consumer.close()  # leaves the group
         except (KafkaException, RuntimeError) as e:
             log.warning("consumer close failed", extra={"error": str(e)})
         self.producer.flush(max(0.0, grace - (time.monotonic() - t0)))

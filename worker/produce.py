@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 
 import orjson
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, Message, Producer
 
 _SUBJECTS = ["The stream", "A consumer", "Our worker", "The broker", "Every event", "This sentence", "Le modèle",
              "Der Text", "東京の猫", "A static embedding"]
@@ -29,7 +29,7 @@ def produce_texts(bootstrap: str, topic: str, texts: Iterator[str], *, fmt: str 
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
     failed: list[str] = []
 
-    def report(err, msg) -> None:  # type: ignore[no-untyped-def]
+    def report(err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             failed.append(err.str())
 

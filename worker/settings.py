@@ -62,7 +62,9 @@ class KafkaSettings(BaseModel):
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="Where a new group starts: earliest embeds every text already in the topic."
     )
-    commit_interval_ms: int = Field(5000, ge=100, description="How often stored offsets are committed.")
+    commit_interval_ms: int = Field(
+        1000, ge=0, description="Commit acknowledged offsets at most this often (async); 0 = after every batch."
+    )
     session_timeout_ms: int = Field(45000, ge=1000)
     client_id: str = Field("embedstream", description="client.id prefix seen in broker logs.")
     config: dict[str, SecretStr] = Field(
@@ -80,7 +82,7 @@ class KafkaSettings(BaseModel):
             value = json.loads(value) if value.strip() else {}
         if not isinstance(value, dict):
             raise ValueError("must be a JSON object of librdkafka properties")
-        out: dict[str, str] = {}
+        out: dict[str, SecretStr | str] = {}
         for k, v in value.items():
             key = str(k).lower()
             if "." not in key:
@@ -144,7 +146,7 @@ class BatchSettings(BaseModel):
         16384, ge=64, description="librdkafka queued.max.messages.kbytes: bound on prefetched input per process."
     )
     max_in_flight_batches: int = Field(
-        4, ge=1, description="Batches produced but not yet acknowledged before consumption pauses."
+        8, ge=1, description="Batches produced but not yet acknowledged before the loop waits for them."
     )
 
 

@@ -1,0 +1,217 @@
+"""Test helpers over a real broker: topics, keyed producers, output collectors, worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def unique(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def create_topics(bootstrap: str, names: Iterable[str], partitions: int = 1) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names])
+    for f in futures.values():
+        f.result(30)
+    # Wait until metadata shows every partition with a leader.
+    deadline = time.time() + 30
+    for n in names:
+        while time.time() < deadline:
+            md = admin.list_topics(n, timeout=10).topics.get(n)
+            if md and not md.error and len(md.partitions) == partitions and all(
+                    p.leader >= 0 for p in md.partitions.values()):
+                break
+            time.sleep(0.2)
+
+
+def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes | None, list | None]]) -> int:
+    """Produce (key, value, headers) triples, idempotently, and wait for every acknowledgement."""
+    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 10})
+    errors: list[str] = []
+    n = 0
+    for key, value, headers in messages:
+        while True:
+            try:
+                p.produce(topic, key=key, value=value, headers=headers,
+                          on_delivery=lambda err, msg: errors.append(str(err)) if err else None)
+                break
+            except BufferError:
+                p.poll(0.1)
+        n += 1
+        p.poll(0)
+    assert p.flush(60) == 0, "messages left unflushed"
+    assert not errors, errors[:3]
+    return n
+
+
+@dataclass
+class Record:
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes]
+    partition: int
+    offset: int
+
+
+@dataclass
+class Collector:
+    """Reads a topic from the beginning (read_committed), accumulating every record."""
+
+    bootstrap: str
+    topic: str
+    records: list[Record] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.consumer = Consumer({
+            "bootstrap.servers": self.bootstrap, "group.id": unique("collector"), "auto.offset.reset": "earliest",
+            "enable.auto.commit": False, "isolation.level": "read_committed",
+        })
+        self.consumer.subscribe([self.topic])
+
+    def poll_until(self, count: int, timeout: float = 120.0, settle: float = 0.0) -> list[Record]:
+        """Collect until `count` records arrived (then `settle` more seconds), or the timeout passes."""
+        deadline = time.time() + timeout
+        reached_at = None
+        while time.time() < deadline:
+            for m in self.consumer.consume(1000, 0.5):
+                if m.error():
+                    continue
+                self.records.append(Record(m.key(), m.value(), dict(m.headers() or []), m.partition(), m.offset()))
+            if len(self.records) >= count:
+                reached_at = reached_at or time.time()
+                if time.time() - reached_at >= settle:
+                    break
+        return self.records
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        tps = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=20)
+        return {tp.partition: tp.offset for tp in tps}
+    finally:
+        c.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class WorkerProcess:
+    """`python -m worker run` as a child process with its own metrics port and log file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, processes: int = 1) -> None:
+        self.port = int(env.get("EMBED_METRICS__PORT") or free_port())
+        full = {**os.environ, **env, "EMBED_METRICS__PORT": str(self.port), "EMBED_METRICS__HOST": "127.0.0.1",
+                "EMBED_LOG__FORMAT": "json", "PYTHONUNBUFFERED": "1"}
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "worker", "run", "--processes", str(processes)],
+                                     env=full, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+        except OSError as e:
+            return 0, str(e)
+
+    def metric(self, name: str) -> float | None:
+        status, body = self.get("/metrics")
+        if status != 200:
+            return None
+        for line in body.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if self.get("/readyz")[0] == 200:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"worker not ready in {timeout}s:\n{self.log_tail()}")
+
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 40.0) -> int:
+        self.signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise AssertionError(f"worker did not stop within {timeout}s:\n{self.log_tail()}") from None
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        self._log.close()
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+def json_messages(n: int, keys: int = 50, seed: int = 0) -> list[tuple[bytes, bytes, list]]:
+    """n keyed JSON messages; id = "<key>:<seq>" so per-key order can be checked at the output."""
+    from modelfactory import sample_texts
+
+    texts = sample_texts(n, seed=seed)
+    out = []
+    for i, text in enumerate(texts):
+        key = f"k{i % keys}"
+        ident = f"{key}:{i // keys}"
+        out.append((key.encode(), orjson.dumps({"id": ident, "text": text, "extra": i}),
+                    [("trace-id", f"t{i}".encode())]))
+    return out
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def committed_total(bootstrap: str, group: str, topic: str, partitions: int) -> int:
+    try:
+        return sum(max(o, 0) for o in committed(bootstrap, group, topic, partitions).values())
+    except KafkaException:
+        return 0
