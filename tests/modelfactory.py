@@ -1,14 +1,17 @@
-"""Builds small Model2Vec-layout model folders offline: real trained tokenizers, random tables."""
+"""Builds small Model2Vec-layout model folders offline: real trained tokenizers, random tables.
+
+The tokenizer training and the folder layout live in `worker.bench.synthetic` (shared with the benchmarks);
+this module keeps the tests' small fixed corpus and its 600-token vocabularies.
+"""
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
-import numpy as np
-from safetensors.numpy import save_file
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Tokenizer
+
+from worker.bench.synthetic import train_tokenizer, write_model
 
 WORDS = {
     "en": "the quick brown fox jumps over a lazy dog while streaming systems embed every event they see "
@@ -44,35 +47,7 @@ def corpus() -> list[str]:
 
 def build_tokenizer(kind: str, vocab_size: int = 600) -> Tokenizer:
     """A trained BPE (byte-level), Unigram (Metaspace, SentencePiece-style) or WordPiece (BERT) tokenizer."""
-    texts = corpus()
-    if kind == "bpe":
-        tok = Tokenizer(models.BPE(unk_token=None))
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size, special_tokens=["<pad>", "<s>"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        )
-    elif kind == "unigram":
-        tok = Tokenizer(models.Unigram())
-        tok.normalizer = normalizers.NFKC()
-        tok.pre_tokenizer = pre_tokenizers.Metaspace()
-        tok.decoder = decoders.Metaspace()
-        trainer = trainers.UnigramTrainer(
-            vocab_size=vocab_size, special_tokens=["<pad>", "<unk>"], unk_token="<unk>"
-        )
-    elif kind == "wordpiece":
-        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        tok.decoder = decoders.WordPiece()
-        trainer = trainers.WordPieceTrainer(
-            vocab_size=vocab_size, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
-        )
-    else:
-        raise ValueError(kind)
-    tok.train_from_iterator(texts, trainer=trainer)
-    return tok
+    return train_tokenizer(kind, corpus(), vocab_size)
 
 
 _TOKENIZER_CACHE: dict[str, str] = {}
@@ -94,23 +69,5 @@ def build_model(
     if kind not in _TOKENIZER_CACHE:
         _TOKENIZER_CACHE[kind] = build_tokenizer(kind).to_str()
     tok = Tokenizer.from_str(_TOKENIZER_CACHE[kind])
-    vocab = tok.get_vocab_size(with_added_tokens=True)
-    rng = np.random.default_rng(seed)
-    rows = max(8, vocab // 4) if mapping else vocab
-    table = rng.normal(0, 1, size=(rows, dim)).astype(np.float32)
-    if dtype == "float16":
-        table = table.astype(np.float16)
-    elif dtype == "int8":
-        table = np.clip(np.round(table * 40), -127, 127).astype(np.int8)
-    tensors = {"embeddings": np.ascontiguousarray(table)}
-    if weights:
-        tensors["weights"] = rng.uniform(0.1, 2.0, size=vocab).astype(np.float32)
-    if mapping:
-        tensors["mapping"] = rng.integers(0, rows, size=vocab).astype(np.int64)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(folder / "model.safetensors"))
-    tok.save(str(folder / "tokenizer.json"))
-    config = {"model_type": "model2vec", "normalize": normalize, "hidden_dim": dim, "embedding_dtype": dtype}
-    config.update(extra_config or {})
-    (folder / "config.json").write_text(json.dumps(config))
-    return folder
+    return write_model(folder, tok, dim=dim, dtype=dtype, weights=weights, mapping=mapping, normalize=normalize,
+                       seed=seed, extra_config=extra_config)
