@@ -144,6 +144,7 @@ class Pipeline:
         self.exit_code = EXIT_OK
         self.assigned: set[tuple[str, int]] = set()
         self.paused = False
+        self.lag_total = 0
         self._held: list[Message] = []
         self._last_error_log: dict[str, float] = {}
         self.consumer = Consumer(consumer_config(settings, self._on_stats, self._on_error))
@@ -192,6 +193,7 @@ class Pipeline:
                     self.metrics.lag.labels(topic, str(part)).set(lag)
                     total += lag
         self.metrics.lag_total.set(total)
+        self.lag_total = total
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned.update((p.topic, p.partition) for p in partitions)
@@ -309,13 +311,14 @@ class Pipeline:
                 self._release()
                 if msgs:
                     self.health.broker_up = True
+                    self.health.has_work = True  # a stall inside process() must show on /healthz
                     self.process(msgs)
                 self._backpressure()
                 self.metrics.producer_queue.set(len(self.producer))
                 in_flight = self.tracker.in_flight_messages
                 self.metrics.in_flight.set(in_flight)
                 self.metrics.last_progress.set(time.time())
-                self.health.step(has_work=bool(msgs) or in_flight > 0)
+                self.health.step(has_work=bool(msgs) or in_flight > 0 or self.lag_total > 0)
         finally:
             self._shutdown()
         return self.exit_code

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kafkatools import create_topics, unique
+from kafkatools import LocalBroker, create_topics, unique
 
 HOW_TO = ("no Kafka broker: run `scripts/kafka-local.sh start` and `export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092` "
           "(or install Docker so testcontainers can start one)")
@@ -70,3 +70,17 @@ def worker_env(bootstrap, small_model: Path):
         return env
 
     return make
+
+
+@pytest.fixture
+def private_broker(tmp_path):
+    """A broker this test may stop and start (needs Java and Maven, as scripts/kafka-local.sh does)."""
+    if not shutil.which("java"):
+        pytest.fail("this test runs its own broker with scripts/kafka-local.sh: install Java 17+ and Maven",
+                    pytrace=False)
+    broker = LocalBroker(tmp_path / "kafka")
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()

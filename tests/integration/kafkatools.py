@@ -187,14 +187,14 @@ class WorkerProcess:
             return ""
 
 
-def json_messages(n: int, keys: int = 50, seed: int = 0) -> list[tuple[bytes, bytes, list]]:
+def json_messages(n: int, keys: int = 50, seed: int = 0, prefix: str = "") -> list[tuple[bytes, bytes, list]]:
     """n keyed JSON messages; id = "<key>:<seq>" so per-key order can be checked at the output."""
     from modelfactory import sample_texts
 
     texts = sample_texts(n, seed=seed)
     out = []
     for i, text in enumerate(texts):
-        key = f"k{i % keys}"
+        key = f"{prefix}k{i % keys}"
         ident = f"{key}:{i // keys}"
         out.append((key.encode(), orjson.dumps({"id": ident, "text": text, "extra": i}),
                     [("trace-id", f"t{i}".encode())]))
@@ -215,3 +215,35 @@ def committed_total(bootstrap: str, group: str, topic: str, partitions: int) -> 
         return sum(max(o, 0) for o in committed(bootstrap, group, topic, partitions).values())
     except KafkaException:
         return 0
+
+
+class LocalBroker:
+    """A broker of a test's own (scripts/kafka-local.sh on its own port and data dir), to stop and restart."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port_pair()
+        self.env = {**os.environ, "KAFKA_LOCAL_PORT": str(self.port), "KAFKA_LOCAL_DIR": str(directory)}
+        self.bootstrap = f"127.0.0.1:{self.port}"
+
+    def _script(self, action: str) -> None:
+        subprocess.run(["bash", str(ROOT / "scripts" / "kafka-local.sh"), action], env=self.env, check=True,
+                       capture_output=True, timeout=180)
+
+    def start(self) -> None:
+        self._script("start")
+
+    def stop(self) -> None:
+        self._script("stop")
+
+
+def free_port_pair() -> int:
+    """A port p with p+1 free too (the controller listener)."""
+    for _ in range(100):
+        p = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p + 1))
+            except OSError:
+                continue
+        return p
+    raise RuntimeError("no free port pair")
