@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_DELIVERY_FAILED = 3
 EXIT_FATAL = 4
+EXIT_AUTH = 5
 
 
 @dataclass
@@ -161,6 +162,14 @@ class Pipeline:
         if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE):
             self.health.broker_up = False
             self.metrics.broker_up.set(0)
+        if err.code() in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED,
+                          KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED,
+                          KafkaError.CLUSTER_AUTHORIZATION_FAILED):
+            log.error("authentication or authorization failed; check the SASL/SSL settings",
+                      extra={"error": err.str(), "code": kind})
+            self.exit_code = EXIT_AUTH
+            self.stop_event.set()
+            return
         if err.fatal():
             log.error("fatal client error; stopping", extra={"error": err.str()})
             self.exit_code = EXIT_FATAL

@@ -107,6 +107,13 @@ class ModelSettings(BaseModel):
     )
     max_length: int | None = Field(512, ge=1, description="Truncate texts to this many tokens; null = no limit.")
     normalize: bool | None = Field(None, description="Override the model config's normalize.")
+    fast_path: Literal["auto", "on", "off"] = Field(
+        "auto", description="Piece-cache fast path: auto = on where it reproduces the exact path at load."
+    )
+    fast_path_cache_mb: int = Field(256, ge=1, description="Memory bound of the fast-path piece cache.")
+    fast_path_check_file: str | None = Field(
+        None, description="Extra self-check corpus (one text per line) the fast path must reproduce exactly."
+    )
 
     @field_validator("max_length", "expected_dim", mode="before")
     @classmethod
