@@ -56,15 +56,9 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from worker.settings import load_settings
+    from worker.supervisor import supervise
 
-    settings = load_settings()
-    if args.processes not in ("1", 1):
-        from worker.supervisor import supervise
-
-        return supervise(args.processes, settings)
-    from worker.app import run
-
-    return run(settings)
+    return supervise(args.processes, load_settings())
 
 
 def _cmd_produce(args: argparse.Namespace) -> int:
