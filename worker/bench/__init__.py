@@ -7,6 +7,7 @@ import importlib
 
 BENCHES = {
     "encoder": "encoder vs model2vec.StaticModel.encode: texts/s and tokens/s, one core and all cores",
+    "pipeline": "end to end through a real broker: msg/s, CPU per message vs the encoder alone, memory, latency",
 }
 
 

@@ -1,0 +1,33 @@
+"""The pipeline benchmark harness keeps working (small N; not a timed test)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from worker.bench import pipeline
+
+pytestmark = pytest.mark.integration
+
+
+def test_bench_pipeline_runs_end_to_end_and_reports_every_figure(bootstrap, small_model, tmp_path, capsys):
+    p = argparse.ArgumentParser()
+    pipeline.add_arguments(p)
+    out = tmp_path / "bench.json"
+    args = p.parse_args(["--bootstrap", bootstrap, "--model", str(small_model), "--messages", "1500",
+                         "--processes", "1", "--formats", "json,f32", "--baseline-messages", "200",
+                         "--latency", "--latency-seconds", "2", "--latency-waits", "20", "--json", str(out)])
+    assert pipeline.main(args) == 0
+    r = json.loads(out.read_text())
+    assert [(x["processes"], x["format"]) for x in r["runs"]] == [(1, "json"), (1, "f32")]
+    for run in r["runs"]:
+        assert run["messages"] == 1500 and run["messages_per_s"] > 0 and run["overhead_ratio"] > 0
+        assert run["peak_pss_mb"] and run["peak_pss_mb"][0] > 0
+    assert r["encoder"]["cpu_s_per_10k"] > 0
+    assert r["baseline"]["messages"] == 200
+    lat = r["latency"][0]
+    assert lat["messages"] == lat["sent"] > 0 and 0 <= lat["p50_ms"] <= lat["p99_ms"] <= lat["max_ms"]
+    printed = capsys.readouterr().out
+    assert "overhead ratio" in printed and "naive baseline" in printed and "p99 ms" in printed

@@ -1,0 +1,471 @@
+"""`bench pipeline`: the whole path through a real broker, from a cold start, against the encoder alone.
+
+Throughput: pre-load N messages into a P-partition topic, start `embedstream run --processes K`, stop the
+clock when the output topic holds N. Worker CPU (user+sys of the worker processes only, read from /proc)
+per message divided by the encoder's CPU per message on the same texts is the overhead ratio. Peak RSS
+and PSS are sampled per process. Latency: produce at a fixed rate and read end-to-end latency from the
+records themselves (input CreateTime -> output LogAppendTime). Baseline: a hand-written loop calling
+model2vec once per message and producing json.dumps'd lists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+ROOT = Path(__file__).resolve().parents[2]
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def _progress(msg: str) -> None:
+    print(f"\r\033[K{msg}", end="", file=sys.stderr, flush=True)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
+                   help="broker to use (default: KAFKA_BOOTSTRAP_SERVERS, else start a private local broker)")
+    p.add_argument("--model", help="Model2Vec folder (default: the synthetic 768-d Unigram bench model)")
+    p.add_argument("--messages", type=int, default=200_000)
+    p.add_argument("--set", dest="text_set", choices=["short", "paragraph", "mixed"], default="short")
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--processes", default="1,2", help="comma-separated process counts to run, e.g. 1,2")
+    p.add_argument("--formats", default="json,f32", help="output formats to run")
+    p.add_argument("--max-messages", type=int, default=512, help="EMBED_BATCH__MAX_MESSAGES")
+    p.add_argument("--baseline-messages", type=int, default=20_000, help="naive baseline size; 0 = skip")
+    p.add_argument("--latency", action="store_true", help="also run the fixed-rate latency mode")
+    p.add_argument("--latency-seconds", type=float, default=20.0)
+    p.add_argument("--latency-waits", default="5,20,100", help="max_wait_ms values for the latency mode")
+    p.add_argument("--json", help="write all results here as JSON")
+
+
+# ---- process accounting ----
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def children_of(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            out.extend(int(x) for x in (task / "children").read_text().split())
+    except OSError:
+        pass
+    return out
+
+
+class Sampler(threading.Thread):
+    """Samples CPU, RSS and PSS of a worker and its children every 0.25 s."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.stop_event = threading.Event()
+        self.peak: dict[int, dict[str, int]] = {}
+        self.cpu: dict[int, float] = {}
+        self.peak_total_pss = 0
+
+    def pids(self) -> list[int]:
+        kids = children_of(self.pid)
+        return [self.pid, *kids]
+
+    def sample(self) -> None:
+        from worker.metrics import read_smaps_rollup
+
+        total_pss = 0
+        for pid in self.pids():
+            mem = read_smaps_rollup(pid)
+            if not mem:
+                continue
+            peak = self.peak.setdefault(pid, {"rss": 0, "pss": 0, "private": 0})
+            private = mem.get("Private_Clean", 0) + mem.get("Private_Dirty", 0)
+            peak["rss"] = max(peak["rss"], mem.get("Rss", 0))
+            peak["pss"] = max(peak["pss"], mem.get("Pss", 0))
+            peak["private"] = max(peak["private"], private)
+            total_pss += mem.get("Pss", 0)
+            self.cpu[pid] = cpu_seconds(pid)
+        self.peak_total_pss = max(self.peak_total_pss, total_pss)
+
+    def total_cpu(self) -> float:
+        self.sample()
+        return sum(self.cpu.values())
+
+    def run(self) -> None:
+        while not self.stop_event.wait(0.25):
+            self.sample()
+
+
+# ---- broker helpers ----
+
+def output_count(consumer: Any, topic: str, partitions: int) -> int:
+    from confluent_kafka import TopicPartition
+
+    total = 0
+    for p in range(partitions):
+        lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
+        total += hi - lo
+    return total
+
+
+def preload(bootstrap: str, topic: str, texts: list[str], label: str) -> dict[tuple[int, int], int]:
+    """Produce every text keyed; returns {(partition, offset): CreateTime ms} from delivery reports."""
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.size": 1048576,
+                  "compression.type": "lz4", "enable.idempotence": True})
+    stamps: dict[tuple[int, int], int] = {}
+
+    def report(err: Any, msg: Any) -> None:
+        if err is None:
+            stamps[(msg.partition(), msg.offset())] = msg.timestamp()[1]
+
+    for i, text in enumerate(texts):
+        while True:
+            try:
+                p.produce(topic, key=f"k{i % 1000}".encode(), value=orjson.dumps({"id": i, "text": text}),
+                          on_delivery=report)
+                break
+            except BufferError:
+                p.poll(0.05)
+        if i % 5000 == 0:
+            p.poll(0)
+            _progress(f"{label}: loading {i:,}/{len(texts):,}")
+    p.flush(120)
+    _progress(f"{label}: loaded {len(texts):,}\n")
+    return stamps
+
+
+def make_topics(bootstrap: str, partitions: int, log_append_output: bool = False) -> tuple[str, str, str]:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    tag = uuid.uuid4().hex[:8]
+    names = (f"bench-in-{tag}", f"bench-out-{tag}", f"bench-dlq-{tag}")
+    out_cfg = {"message.timestamp.type": "LogAppendTime"} if log_append_output else {}
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    fs = admin.create_topics([NewTopic(names[0], partitions, 1), NewTopic(names[1], partitions, 1, config=out_cfg),
+                              NewTopic(names[2], 1, 1)])
+    for f in fs.values():
+        f.result(30)
+    time.sleep(1.0)
+    return names
+
+
+def delete_topics(bootstrap: str, names: list[str]) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        for f in AdminClient({"bootstrap.servers": bootstrap}).delete_topics(names).values():
+            f.result(30)
+    except Exception:  # benchmark cleanup only
+        pass
+
+
+# ---- the runs ----
+
+def worker_env(bootstrap: str, model: Path, topics: tuple[str, str, str], fmt: str, max_messages: int,
+               max_wait_ms: int = 20) -> dict[str, str]:
+    return {**os.environ, "EMBED_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+            "EMBED_KAFKA__GROUP_ID": f"bench-{uuid.uuid4().hex[:8]}", "EMBED_INPUT_TOPIC": topics[0],
+            "EMBED_OUTPUT_TOPIC": topics[1], "EMBED_DLQ_TOPIC": topics[2], "EMBED_MODEL__PATH": str(model),
+            "EMBED_OUTPUT__FORMAT": fmt, "EMBED_BATCH__MAX_MESSAGES": str(max_messages),
+            "EMBED_BATCH__MAX_WAIT_MS": str(max_wait_ms), "EMBED_METRICS__PORT": "0",
+            "EMBED_METRICS__STATISTICS_INTERVAL_MS": "0", "EMBED_LOG__LEVEL": "WARNING"}
+
+
+def throughput_run(bootstrap: str, model: Path, texts: list[str], partitions: int, processes: int, fmt: str,
+                   max_messages: int) -> dict[str, Any]:
+    from confluent_kafka import Consumer
+
+    n = len(texts)
+    label = f"{processes} proc, {fmt}"
+    topics = make_topics(bootstrap, partitions)
+    preload(bootstrap, topics[0], texts, label)
+    watcher = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-watch"})
+    env = worker_env(bootstrap, model, topics, fmt, max_messages)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "worker", "run", "--processes", str(processes)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    sampler = Sampler(proc.pid)
+    sampler.start()
+    first_at = cpu_at_first = None
+    done = done_at_first = 0
+    deadline = time.time() + max(300.0, n / 200)
+    while done < n and time.time() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+            raise RuntimeError(f"worker exited with {proc.returncode}: {err}")
+        done = output_count(watcher, topics[1], partitions)
+        if done and first_at is None:
+            first_at, cpu_at_first, done_at_first = time.perf_counter(), sampler.total_cpu(), done
+        _progress(f"{label}: {done:,}/{n:,} outputs")
+        time.sleep(0.1)
+    elapsed = time.perf_counter() - t0
+    cpu_total = sampler.total_cpu()
+    _progress(f"{label}: {done:,}/{n:,} outputs in {elapsed:.1f}s\n")
+    sampler.stop_event.set()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(60)
+    watcher.close()
+    delete_topics(bootstrap, list(topics))
+    if done < n:
+        raise RuntimeError(f"{label}: only {done} of {n} outputs")
+    assert first_at is not None and cpu_at_first is not None
+    steady_s = elapsed - (first_at - t0)
+    steady_msgs = n - done_at_first
+    per_proc = [v for k, v in sampler.peak.items() if k != proc.pid or processes == 1]
+    return {
+        "processes": processes, "format": fmt, "messages": n, "seconds": elapsed,
+        "messages_per_s": n / elapsed,
+        "steady_messages_per_s": steady_msgs / steady_s if steady_s > 0 else 0.0,
+        "cpu_s_total": cpu_total, "cpu_s_per_10k": cpu_total / n * 10_000,
+        # Steady state (after the first output: start-up excluded) when that window holds most messages.
+        "cpu_basis": "steady" if steady_msgs >= n // 2 else "total",
+        "steady_cpu_s_per_10k": ((cpu_total - cpu_at_first) / steady_msgs if steady_msgs >= n // 2
+                                 else cpu_total / n) * 10_000,
+        "peak_rss_mb": [round(p["rss"] / 2**20, 1) for p in per_proc],
+        "peak_pss_mb": [round(p["pss"] / 2**20, 1) for p in per_proc],
+        "peak_private_mb": [round(p["private"] / 2**20, 1) for p in per_proc],
+        "peak_total_pss_mb": round(sampler.peak_total_pss / 2**20, 1),
+    }
+
+
+ENCODER_ONLY = textwrap.dedent(
+    """
+    import json, sys, time
+    from worker.model import load_model
+    from worker.encoder import Encoder
+    texts = json.load(open(sys.argv[2]))
+    enc = Encoder(load_model(sys.argv[1]))
+    size = int(sys.argv[3])
+    enc.encode(texts[:size])  # warm-up
+    c0, t0 = time.process_time(), time.perf_counter()
+    tokens = 0
+    for i in range(0, len(texts), size):
+        tokens += int(enc.encode_batch(texts[i:i + size]).token_counts.sum())
+    print(json.dumps({"cpu_s": time.process_time() - c0, "wall_s": time.perf_counter() - t0, "tokens": tokens}))
+    """
+)
+
+
+def encoder_only(model: Path, texts: list[str], batch: int) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(texts, f)
+    try:
+        out = subprocess.run([sys.executable, "-c", ENCODER_ONLY, str(model), f.name, str(batch)],
+                             capture_output=True, text=True, check=True)
+    finally:
+        os.unlink(f.name)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    n = len(texts)
+    return {"messages": n, "cpu_s": r["cpu_s"], "cpu_s_per_10k": r["cpu_s"] / n * 10_000,
+            "messages_per_s": n / r["wall_s"], "tokens": r["tokens"], "tokens_per_s": r["tokens"] / r["wall_s"]}
+
+
+NAIVE = textwrap.dedent(
+    """
+    # What a user writes by hand: one message, one encode call, json.dumps of a list.
+    import json, sys
+    from confluent_kafka import Consumer, Producer
+    from model2vec import StaticModel
+    bootstrap, model, inp, out = sys.argv[1:5]
+    m = StaticModel.from_pretrained(model)
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "naive-" + inp, "auto.offset.reset": "earliest"})
+    p = Producer({"bootstrap.servers": bootstrap})
+    c.subscribe([inp])
+    while True:
+        msg = c.poll(1.0)
+        if msg is None or msg.error():
+            continue
+        doc = json.loads(msg.value())
+        vec = m.encode([doc["text"]])[0]
+        p.produce(out, key=msg.key(), value=json.dumps({"id": doc["id"], "embedding": vec.tolist()}))
+        p.poll(0)
+    """
+)
+
+
+def naive_run(bootstrap: str, model: Path, texts: list[str], partitions: int) -> dict[str, Any]:
+    from confluent_kafka import Consumer
+
+    n = len(texts)
+    topics = make_topics(bootstrap, partitions)
+    preload(bootstrap, topics[0], texts, "naive baseline")
+    watcher = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-watch"})
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", NAIVE, bootstrap, str(model), topics[0], topics[1]],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    done = 0
+    deadline = time.time() + max(600.0, n / 50)
+    while done < n and time.time() < deadline and proc.poll() is None:
+        done = output_count(watcher, topics[1], partitions)
+        _progress(f"naive baseline: {done:,}/{n:,} outputs")
+        time.sleep(0.2)
+    elapsed = time.perf_counter() - t0
+    cpu = cpu_seconds(proc.pid)
+    _progress(f"naive baseline: {done:,}/{n:,} outputs in {elapsed:.1f}s\n")
+    proc.kill()
+    proc.wait(10)
+    watcher.close()
+    delete_topics(bootstrap, list(topics))
+    return {"messages": done, "seconds": elapsed, "messages_per_s": done / elapsed, "cpu_s_per_10k":
+            cpu / max(done, 1) * 10_000}
+
+
+def latency_run(bootstrap: str, model: Path, texts: list[str], rate: float, seconds: float, max_wait_ms: int,
+                max_messages: int) -> dict[str, Any]:
+    """Produce at `rate` msg/s for `seconds`; latency = output LogAppendTime - input CreateTime."""
+    from confluent_kafka import Consumer, Producer
+
+    topics = make_topics(bootstrap, 4, log_append_output=True)
+    env = worker_env(bootstrap, model, topics, "json", max_messages, max_wait_ms)
+    proc = subprocess.Popen([sys.executable, "-m", "worker", "run"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    time.sleep(4.0)  # model loaded and group joined before the clock starts
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "enable.idempotence": True})
+    stamps: dict[tuple[int, int], int] = {}
+
+    def report(err: Any, msg: Any) -> None:
+        if err is None:
+            stamps[(msg.partition(), msg.offset())] = msg.timestamp()[1]
+
+    total = int(rate * seconds)
+    start = time.perf_counter()
+    for i in range(total):
+        ahead = i / rate - (time.perf_counter() - start)
+        if ahead > 0:
+            time.sleep(ahead)
+        producer.produce(topics[0], key=f"k{i}".encode(), value=orjson.dumps({"id": i, "text": texts[i % len(texts)]}),
+                         on_delivery=report)
+        producer.poll(0)
+        if i % 500 == 0:
+            _progress(f"latency max_wait_ms={max_wait_ms}: {i:,}/{total:,} at {rate:,.0f}/s")
+    producer.flush(60)
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"lat-{uuid.uuid4().hex[:6]}",
+                       "auto.offset.reset": "earliest"})
+    reader.subscribe([topics[1]])
+    lat: list[float] = []
+    deadline = time.time() + 60
+    while len(lat) < total and time.time() < deadline:
+        for m in reader.consume(1000, 0.5):
+            if m.error():
+                continue
+            h = dict(m.headers() or [])
+            key = (int(h["source-partition"] or 0), int(h["source-offset"] or -1))
+            if key in stamps:
+                lat.append((m.timestamp()[1] - stamps[key]) / 1000.0)
+    reader.close()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(60)
+    delete_topics(bootstrap, list(topics))
+    _progress(f"latency max_wait_ms={max_wait_ms}: {len(lat):,} measured\n")
+    a = np.asarray(lat) if lat else np.zeros(1)
+    return {"max_wait_ms": max_wait_ms, "rate": rate, "messages": len(lat), "sent": total,
+            "p50_ms": float(np.percentile(a, 50) * 1000), "p95_ms": float(np.percentile(a, 95) * 1000),
+            "p99_ms": float(np.percentile(a, 99) * 1000), "max_ms": float(a.max() * 1000)}
+
+
+def texts_for(text_set: str, n: int) -> list[str]:
+    from worker.bench import synthetic
+
+    if text_set == "short":
+        return synthetic.short_texts(n, seed=7)
+    if text_set == "paragraph":
+        return synthetic.paragraph_texts(n, seed=7)
+    half = n // 2
+    return [t for pair in zip(synthetic.short_texts(half, seed=7), synthetic.paragraph_texts(n - half, seed=8),
+                              strict=False) for t in pair][:n]
+
+
+class PrivateBroker:
+    """scripts/kafka-local.sh on a free port, for a benchmark run without a broker given."""
+
+    def __init__(self) -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.dir = tempfile.mkdtemp(prefix="bench-kafka-")
+        self.env = {**os.environ, "KAFKA_LOCAL_PORT": str(self.port), "KAFKA_LOCAL_DIR": self.dir}
+
+    def __enter__(self) -> str:
+        subprocess.run(["bash", str(ROOT / "scripts" / "kafka-local.sh"), "start"], env=self.env, check=True)
+        return f"127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc: object) -> None:
+        subprocess.run(["bash", str(ROOT / "scripts" / "kafka-local.sh"), "wipe"], env=self.env, check=False)
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.bootstrap:
+        return run_all(args, args.bootstrap)
+    with PrivateBroker() as bootstrap:
+        return run_all(args, bootstrap)
+
+
+def run_all(args: argparse.Namespace, bootstrap: str) -> int:
+    from worker.bench.encoder import machine_info, versions
+    from worker.bench.synthetic import cached_model
+
+    model = Path(args.model) if args.model else cached_model("unigram", vocab_size=32_768, dim=768)
+    texts = texts_for(args.text_set, args.messages)
+    machine, vers = machine_info(), versions()
+    print(f"# bench pipeline — {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    print(f"machine: {machine}")
+    print(f"versions: {vers}")
+    print(f"settings: messages={args.messages} set={args.text_set} partitions={args.partitions} "
+          f"processes={args.processes} formats={args.formats} max_messages={args.max_messages} model={model}")
+    enc = encoder_only(model, texts, args.max_messages)
+    print(f"\nencoder alone: {enc['messages_per_s']:,.0f} msg/s, {enc['tokens_per_s']:,.0f} tokens/s, "
+          f"{enc['cpu_s_per_10k']:.3f} CPU-s per 10k messages")
+    results: dict[str, Any] = {"machine": machine, "versions": vers, "settings": vars(args) | {"model": str(model)},
+                               "encoder": enc, "runs": [], "latency": []}
+    print("\n| processes | format | msg/s | tokens/s | CPU-s/10k (steady) | overhead ratio | peak RSS MB | "
+          "peak PSS MB | private MB | total PSS MB |")
+    print("|---|---|---:|---:|---:|---:|---|---|---|---:|")
+    tokens_per_msg = enc["tokens"] / enc["messages"]
+    for k in [int(x) for x in args.processes.split(",") if x]:
+        for fmt in [f for f in args.formats.split(",") if f]:
+            r = throughput_run(bootstrap, model, texts, args.partitions, k, fmt, args.max_messages)
+            r["overhead_ratio"] = r["steady_cpu_s_per_10k"] / enc["cpu_s_per_10k"]
+            results["runs"].append(r)
+            print(f"| {k} | {fmt} | {r['messages_per_s']:,.0f} | {r['messages_per_s'] * tokens_per_msg:,.0f} | "
+                  f"{r['steady_cpu_s_per_10k']:.3f} ({r['cpu_basis']}) | {r['overhead_ratio']:.2f} | {r['peak_rss_mb']} | "
+                  f"{r['peak_pss_mb']} | {r['peak_private_mb']} | {r['peak_total_pss_mb']} |", flush=True)
+    if args.baseline_messages:
+        base = naive_run(bootstrap, model, texts[: args.baseline_messages], args.partitions)
+        results["baseline"] = base
+        best = max((r["messages_per_s"] for r in results["runs"] if r["processes"] == 1), default=0.0)
+        print(f"\nnaive baseline (model2vec per message, json.dumps): {base['messages_per_s']:,.0f} msg/s; "
+              f"ours (1 process) / baseline = {best / base['messages_per_s']:.1f}x")
+    if args.latency:
+        one = [r for r in results["runs"] if r["processes"] == 1 and r["format"] == "json"]
+        max_rate = one[0]["steady_messages_per_s"] if one else 5000.0
+        print("\n| max_wait_ms | rate msg/s | p50 ms | p95 ms | p99 ms | max ms | measured |")
+        print("|---:|---:|---:|---:|---:|---:|---:|")
+        for wait in [int(x) for x in args.latency_waits.split(",")]:
+            lr = latency_run(bootstrap, model, texts, max_rate * 0.5, args.latency_seconds, wait, args.max_messages)
+            results["latency"].append(lr)
+            print(f"| {wait} | {lr['rate']:,.0f} | {lr['p50_ms']:.1f} | {lr['p95_ms']:.1f} | {lr['p99_ms']:.1f} | "
+                  f"{lr['max_ms']:.1f} | {lr['messages']:,}/{lr['sent']:,} |", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+    return 0
