@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     from worker.logs import setup_logging
 
     setup_logging(os.environ.get("EMBED_LOG__LEVEL", "INFO").upper(), os.environ.get("EMBED_LOG__FORMAT", "auto"))
+    from confluent_kafka import KafkaException
+
     from worker.model import ModelError
     from worker.settings import SettingsError
 
@@ -134,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (SettingsError, ModelError) as e:
         print(f"embedstream {args.command}: {e}", file=sys.stderr)
+        return 2
+    except KafkaException as e:  # e.g. a librdkafka property that does not exist or does not fit
+        print(f"embedstream {args.command}: Kafka client settings rejected: {e.args[0].str()}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0

@@ -7,23 +7,34 @@ float32 [n, dim]; a text with no tokens is a zero vector.
 
 Pooling is one sparse (texts x rows) matrix times the table: each token adds its row (times its weight)
 to its text's row in scipy's CSR kernel, without a Python loop; one division by the counts makes the mean.
+
+The fast path (`worker.fastpath`) skips most tokenization: it caches the row sum of every distinct piece of
+text. It is turned on at construction only where it reproduces this exact path on a self-check corpus
+(`fast_path="auto"`), forced on (`"on"`, the check still runs and is logged) or off (`"off"`).
+`fast_path_status` says which and why; `fast_path_stats()` counts the cache's work.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
+from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
 from tokenizers import Tokenizer
 
+from worker.fastpath import FastPath, FastPathUnsupported, Verification, analyze, check_corpus, verify
 from worker.model import Model
 
+log = logging.getLogger(__name__)
+
 DEFAULT_MAX_LENGTH = 512
+FastPathMode = Literal["auto", "on", "off"]
 
 
 @dataclass(frozen=True)
@@ -47,7 +58,16 @@ def unknown_token_id(tokenizer: Tokenizer) -> int | None:
 class Encoder:
     """Vectorized lookup-and-average encoder over a loaded `Model`."""
 
-    def __init__(self, model: Model, *, max_length: int | None = -1, normalize: bool | None = None) -> None:
+    def __init__(
+        self,
+        model: Model,
+        *,
+        max_length: int | None = -1,
+        normalize: bool | None = None,
+        fast_path: FastPathMode = "auto",
+        fast_path_cache_mb: float = 256,
+        fast_path_check_texts: Sequence[str] | None = None,
+    ) -> None:
         self.model = model
         cfg_max = model.config.get("max_length", DEFAULT_MAX_LENGTH)
         self.max_length: int | None = cfg_max if max_length == -1 else max_length
@@ -76,6 +96,86 @@ class Encoder:
         self._direct = model.table.dtype == np.float32  # CSR can multiply the mapped table in place
         self._weights = None if model.weights is None else np.asarray(model.weights, dtype=np.float32)
         self._mapping = model.mapping
+
+        self._fast: FastPath | None = None
+        self.fast_path_verification: Verification | None = None
+        self._fast_status = "off: disabled by setting"
+        if fast_path not in ("auto", "on", "off"):
+            raise ValueError(f"fast_path must be auto, on or off, not {fast_path!r}")
+        if fast_path != "off":
+            self._setup_fast_path(fast_path, fast_path_cache_mb, fast_path_check_texts)
+
+    # --- fast path -----------------------------------------------------------------------------------
+
+    def _setup_fast_path(self, mode: FastPathMode, cache_mb: float, extra: Sequence[str] | None) -> None:
+        try:
+            scheme = analyze(self.tokenizer)
+        except FastPathUnsupported as e:
+            self._fast_status = f"off: {e}"
+            log.info("fast path off", extra={"model": self.model.name, "reason": str(e)})
+            return
+        fast = FastPath(tokenizer=self.tokenizer, scheme=scheme, table=self._table, weights=self._weights,
+                        mapping=self._mapping, unk_id=self.unk_id, max_length=self.max_length,
+                        cache_bytes=int(cache_mb * 1024 * 1024))
+        texts = check_corpus(self.tokenizer) + list(extra or [])
+        result = verify(fast, texts, exact_encode=self._encode_exact,
+                        fast_encode=lambda t: self._encode_with(fast, t), cut=self._cut)
+        self.fast_path_verification = result
+        info = {"model": self.model.name, "scheme": scheme.description, "check_texts": result.texts,
+                "check_fast_texts": result.fast_texts, "check_max_abs_diff": result.max_abs_diff,
+                "check_seconds": round(result.seconds, 3), "cache_mb": cache_mb, "mode": mode}
+        if result.ok:
+            self._fast = fast
+            self._fast_status = "on"
+            log.info("fast path on", extra=info)
+        elif mode == "on":
+            self._fast = fast
+            self._fast_status = "on"
+            log.warning("fast path forced on although its self-check failed", extra=info | {"reason": result.reason})
+        else:
+            self._fast_status = f"off: {result.reason}"
+            log.warning("fast path off: self-check failed", extra=info | {"reason": result.reason})
+
+    @property
+    def fast_path_status(self) -> str:
+        """"on", or "off: <reason>"."""
+        return self._fast_status
+
+    def fast_path_stats(self) -> tuple[int, int, int, int]:
+        """Cumulative (hits, misses, entries, bytes) of the piece cache: piece lookups served from the cache,
+        pieces tokenized, keys held and estimated bytes held; zeros while the fast path is off."""
+        return (0, 0, 0, 0) if self._fast is None else self._fast.stats()
+
+    def _cut(self, texts: Sequence[str]) -> list[str]:
+        """model2vec's character pre-cut."""
+        limit = self.char_limit
+        if limit is not None and max(map(len, texts), default=0) > limit:
+            return [t[:limit] for t in texts]
+        return list(texts)
+
+    def _pool_fast(self, fast: FastPath, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        texts = self._cut(texts)
+        out, counts, exact = fast.pool(texts)
+        if exact.any():
+            where = np.flatnonzero(exact)
+            flat, c = self.tokenize([texts[i] for i in where.tolist()])
+            out[where] = self.pool(flat, c)
+            counts[where] = c
+        return out, counts
+
+    def _finish(self, out: np.ndarray) -> np.ndarray:
+        if self.normalize:
+            norm = np.linalg.norm(out, axis=1, keepdims=True)
+            norm += 1e-32
+            out /= norm
+        return out
+
+    def _encode_with(self, fast: FastPath, texts: Sequence[str]) -> np.ndarray:
+        return self._finish(self._pool_fast(fast, texts)[0])
+
+    def _encode_exact(self, texts: Sequence[str]) -> np.ndarray:
+        flat, counts = self.tokenize(texts)
+        return self._finish(self.pool(flat, counts))
 
     def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Token ids of the batch, flat (int64), and the count per text, unknown tokens removed."""
@@ -117,13 +217,17 @@ class Encoder:
 
     def encode_batch(self, texts: Sequence[str]) -> Encoded:
         """Encode a micro-batch; also returns the pooled token count of each text (for metrics)."""
+        if self._fast is not None:
+            out, counts = self._pool_fast(self._fast, texts)
+        else:
+            flat, counts = self.tokenize(texts)
+            out = self.pool(flat, counts)
+        return Encoded(self._finish(out), counts)
+
+    def encode_exact(self, texts: Sequence[str]) -> Encoded:
+        """The exact path whatever the fast-path setting (for checks and benchmarks)."""
         flat, counts = self.tokenize(texts)
-        out = self.pool(flat, counts)
-        if self.normalize:
-            norm = np.linalg.norm(out, axis=1, keepdims=True)
-            norm += 1e-32
-            out /= norm
-        return Encoded(out, counts)
+        return Encoded(self._finish(self.pool(flat, counts)), counts)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """float32 [len(texts), dim]; equals model2vec.StaticModel.encode on the same model folder."""

@@ -11,7 +11,9 @@ batches plus the acknowledged ones not yet committed (one commit interval's wort
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import threading
 import time
 from collections import deque
@@ -27,7 +29,7 @@ from worker.codecs import Headers, InputDecoder, OutputEncoder, Reason, dead_let
 from worker.encoder import Encoder
 from worker.metrics import Metrics, observe_many
 from worker.probes import Health
-from worker.settings import Settings
+from worker.settings import ProcessingGuarantee, Settings
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +131,14 @@ def producer_config(s: Settings, on_error: Callable[[KafkaError], None]) -> dict
     return conf
 
 
+def transactional_id(s: Settings) -> str:
+    """Stable per process identity: a restarted process reuses it and fences its zombie."""
+    if s.kafka.transactional_id:
+        return s.kafka.transactional_id
+    who = s.kafka.group_instance_id or socket.gethostname()
+    return f"embedstream-{s.kafka.group_id}-{who}-{os.environ.get('EMBED_PROCESS_INDEX', '0')}"
+
+
 class Pipeline:
     """The worker's processing loop over one consumer and one producer."""
 
@@ -148,8 +158,14 @@ class Pipeline:
         self.lag_total = 0
         self._held: list[Message] = []
         self._last_error_log: dict[str, float] = {}
+        self.transactional = settings.processing_guarantee == ProcessingGuarantee.exactly_once
         self.consumer = Consumer(consumer_config(settings, self._on_stats, self._on_error))
-        self.producer = Producer(producer_config(settings, self._on_error))
+        pconf = producer_config(settings, self._on_error)
+        if self.transactional:
+            pconf["transactional.id"] = transactional_id(settings)
+            pconf.setdefault("transaction.timeout.ms", 60000)
+            pconf["delivery.timeout.ms"] = min(int(pconf["delivery.timeout.ms"]), int(pconf["transaction.timeout.ms"]))
+        self.producer = Producer(pconf)
         self.wait_s = settings.batch.max_wait_ms / 1000.0
         self.commit_interval_s = settings.kafka.commit_interval_ms / 1000.0
         self._last_commit = 0.0
@@ -249,13 +265,7 @@ class Pipeline:
                 self._delivery_failed(b)
                 return
             offsets.update(b.next_offsets)
-            self.metrics.produced.inc(b.produced)
-            self.metrics.bytes_out.inc(b.bytes_out)
-            assert b.done_at is not None
-            self.metrics.stage_seconds.labels("produce").observe(b.done_at - b.started)
-            if len(b.timestamps_ms):
-                ts = b.timestamps_ms[b.timestamps_ms > 0]
-                observe_many(self.metrics.e2e_seconds, time.time() - ts / 1000.0)
+            self._account(b)
         owned = [TopicPartition(t, p, o) for (t, p), o in offsets.items() if (t, p) in self.assigned]
         if owned:
             try:
@@ -266,6 +276,15 @@ class Pipeline:
             if now - self._last_commit >= self.commit_interval_s:
                 self._last_commit = now
                 self._commit(asynchronous=True)
+
+    def _account(self, b: PendingBatch) -> None:
+        """Metrics of a fully acknowledged batch."""
+        self.metrics.produced.inc(b.produced)
+        self.metrics.bytes_out.inc(b.bytes_out)
+        self.metrics.stage_seconds.labels("produce").observe((b.done_at or time.perf_counter()) - b.started)
+        if len(b.timestamps_ms):
+            ts = b.timestamps_ms[b.timestamps_ms > 0]
+            observe_many(self.metrics.e2e_seconds, time.time() - ts / 1000.0)
 
     def _delivery_failed(self, batch: PendingBatch) -> None:
         """An output could not be delivered within delivery.timeout.ms: never store past it; stop so that
@@ -285,7 +304,10 @@ class Pipeline:
         return not self.tracker.pending
 
     def _commit(self, asynchronous: bool = False) -> None:
-        """Commit the stored offsets (only acknowledged work is ever stored)."""
+        """Commit the stored offsets (only acknowledged work is ever stored). Exactly-once mode commits
+        offsets inside each batch's transaction instead."""
+        if self.transactional:
+            return
         t0 = time.perf_counter()
         try:
             if asynchronous:
@@ -307,6 +329,8 @@ class Pipeline:
                                 on_lost=self._on_lost)
         log.info("consuming", extra={"input": s.input_topic, "output": s.output_topic, "dlq": s.dlq_topic,
                                      "group": s.kafka.group_id, "bootstrap": s.kafka.bootstrap_servers})
+        if self.transactional:
+            self._init_transactions()
         try:
             while not self.stop_event.is_set():
                 if self.paused:
@@ -331,6 +355,20 @@ class Pipeline:
         finally:
             self._shutdown()
         return self.exit_code
+
+    def _init_transactions(self) -> None:
+        """Register the transactional id (fencing any zombie with the same id); retried while the broker
+        is unreachable."""
+        while not self.stop_event.is_set():
+            try:
+                self.producer.init_transactions(30)
+                log.info("exactly-once: transactions initialised",
+                         extra={"transactional_id": transactional_id(self.s)})
+                return
+            except KafkaException as e:
+                if not e.args[0].retriable():
+                    raise
+                log.warning("init_transactions retrying", extra={"error": str(e)})
 
     def _backpressure(self) -> None:
         """Bound the outputs in flight: past `max_in_flight_batches`, wait for acknowledgements; if they
@@ -408,6 +446,8 @@ class Pipeline:
             dead_lettered=len(bad),
             bytes_out=sum(map(len, out_values)),
         )
+        if self.transactional:
+            self._begin()
         cb = batch.on_delivery
         out_topic = self.s.output_topic
         for i, ident, value in zip(dec.good, dec.ids, out_values, strict=True):
@@ -423,8 +463,57 @@ class Pipeline:
             headers.extend(dead_letter_headers(reason, text, *where[i]))
             self._produce(self.s.dlq_topic, keys[i], values[i], headers, cb)
             m.dead_lettered.labels(reason).inc()
+        if self.transactional:
+            self._commit_transaction(batch, where)
+            return
         self.tracker.add(batch)
         self.producer.poll(0)
+
+    # ---- exactly-once: one transaction per batch, outputs + dead letters + input offsets ----
+
+    def _begin(self) -> None:
+        self.producer.begin_transaction()
+
+    def _commit_transaction(self, batch: PendingBatch, where: list[tuple[str, int, int]]) -> None:
+        """Commit the batch's outputs with its input offsets atomically; on an abortable error, abort
+        and rewind the consumer to the batch's first offsets so that it is processed again."""
+        t0 = time.perf_counter()
+        timeout = self.s.shutdown_grace_s
+        offsets = [TopicPartition(t, p, o) for (t, p), o in batch.next_offsets.items()]
+        try:
+            self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), timeout)
+            while True:
+                try:
+                    self.producer.commit_transaction(timeout)
+                    break
+                except KafkaException as e:
+                    if not e.args[0].retriable():
+                        raise
+                    log.warning("transaction commit retrying", extra={"error": str(e)})
+        except KafkaException as e:
+            err: KafkaError = e.args[0]
+            if err.txn_requires_abort():
+                log.warning("transaction aborted; the batch will be processed again", extra={"error": err.str()})
+                self.metrics.kafka_errors.labels("transaction_aborted").inc()
+                self.producer.abort_transaction(timeout)
+                self._rewind(where)
+                return
+            log.error("transaction failed fatally (fenced by a newer instance?); stopping", extra={"error": err.str()})
+            self.exit_code = EXIT_FATAL
+            self.stop_event.set()
+            return
+        self.producer.poll(0)
+        batch.done_at = time.perf_counter()
+        self._account(batch)
+        self.metrics.stage_seconds.labels("commit").observe(time.perf_counter() - t0)
+
+    def _rewind(self, where: list[tuple[str, int, int]]) -> None:
+        first: dict[tuple[str, int], int] = {}
+        for t, p, o in where:
+            first[(t, p)] = min(o, first.get((t, p), o))
+        for (t, p), o in first.items():
+            if (t, p) in self.assigned:
+                self.consumer.seek(TopicPartition(t, p, o))
 
     def _produce(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers,
                  cb: Callable[[KafkaError | None, Message], None]) -> None:

@@ -59,6 +59,10 @@ class KafkaSettings(BaseModel):
     group_instance_id: str | None = Field(
         None, description="Static membership id (group.instance.id); set per pod, e.g. from its name."
     )
+    transactional_id: str | None = Field(
+        None, description="exactly_once: the producer's transactional.id (default: group, instance or host, "
+        "process index); must be stable per process and unique in the group."
+    )
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="Where a new group starts: earliest embeds every text already in the topic."
     )

@@ -150,6 +150,7 @@ class Supervisor:
         env["EMBED_METRICS__PORT"] = str(child.port)
         env["EMBED_METRICS__HOST"] = "127.0.0.1"
         env["EMBED_PROCESSES"] = "1"
+        env["EMBED_PROCESS_INDEX"] = str(child.index)
         if self.k > 1:  # one core each: no thread pools competing across processes
             env.setdefault("TOKENIZERS_PARALLELISM", "false")
             for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS"):

@@ -65,6 +65,7 @@ def worker_env(bootstrap, small_model: Path):
             "EMBED_BATCH__MAX_MESSAGES": "256",
             "EMBED_METRICS__STATISTICS_INTERVAL_MS": "1000",
             "EMBED_SHUTDOWN_GRACE_S": "20",
+            "EMBED_KAFKA__SESSION_TIMEOUT_MS": "10000",  # a killed member is noticed in 10 s, not 45
         }
         env.update(overrides)
         return env

@@ -141,6 +141,8 @@ class WorkerProcess:
             return 0, str(e)
 
     def metric(self, name: str) -> float | None:
+        if self.proc.poll() is not None and self.proc.returncode != 0:
+            raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
         status, body = self.get("/metrics")
         if status != 200:
             return None

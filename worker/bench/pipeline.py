@@ -448,8 +448,9 @@ def run_all(args: argparse.Namespace, bootstrap: str) -> int:
             r["overhead_ratio"] = r["steady_cpu_s_per_10k"] / enc["cpu_s_per_10k"]
             results["runs"].append(r)
             print(f"| {k} | {fmt} | {r['messages_per_s']:,.0f} | {r['messages_per_s'] * tokens_per_msg:,.0f} | "
-                  f"{r['steady_cpu_s_per_10k']:.3f} ({r['cpu_basis']}) | {r['overhead_ratio']:.2f} | {r['peak_rss_mb']} | "
-                  f"{r['peak_pss_mb']} | {r['peak_private_mb']} | {r['peak_total_pss_mb']} |", flush=True)
+                  f"{r['steady_cpu_s_per_10k']:.3f} ({r['cpu_basis']}) | {r['overhead_ratio']:.2f} | "
+                  f"{r['peak_rss_mb']} | {r['peak_pss_mb']} | {r['peak_private_mb']} | {r['peak_total_pss_mb']} |",
+                  flush=True)
     if args.baseline_messages:
         base = naive_run(bootstrap, model, texts[: args.baseline_messages], args.partitions)
         results["baseline"] = base
