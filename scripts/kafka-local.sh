@@ -12,7 +12,17 @@
 #   KAFKA_LOCAL_PORT        client port (default 9092); the controller uses PORT+1
 #   KAFKA_LOCAL_DIR         data, logs and PID file (default .kafka-local beside this repo's root)
 #   KAFKA_LOCAL_CACHE       where the jars are cached between runs (default ~/.cache/embedstream/kafka-VERSION)
-#   KAFKA_LOCAL_EXTRA_PROPS a file whose lines are appended to server.properties (extra listeners, ...)
+#   KAFKA_LOCAL_EXTRA_PROPS a file whose lines are appended to server.properties; a key set there
+#                           overrides the default above it (the last occurrence of a key wins)
+#   KAFKA_LOCAL_EXTRA_LISTENERS
+#                           comma-separated extra listeners NAME://127.0.0.1:PORT, added to listeners and
+#                           advertised.listeners; a NAME that is a security protocol (SSL, SASL_SSL,
+#                           SASL_PLAINTEXT) is mapped to itself, any other NAME needs its own
+#                           listener.security.protocol.map line in KAFKA_LOCAL_EXTRA_PROPS. Their ssl.* and
+#                           sasl.* settings go in KAFKA_LOCAL_EXTRA_PROPS too.
+#   KAFKA_LOCAL_SCRAM_FILE  a file of SCRAM credentials, one MECHANISM=[name=USER,password=PASSWORD] a line,
+#                           created when the storage is formatted (StorageTool format --add-scram), so a
+#                           SASL/SCRAM listener has users from the first start
 #   KAFKA_LOCAL_HEAP        JVM heap (default -Xms256m -Xmx1g)
 set -euo pipefail
 
@@ -40,15 +50,30 @@ fetch_jars() {
 
 write_config() {
   mkdir -p "$dir/data"
+  local listeners="PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport"
+  local protocols="CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+  local extra name l
+  if [ -n "${KAFKA_LOCAL_EXTRA_LISTENERS:-}" ]; then
+    IFS=',' read -ra extra <<< "$KAFKA_LOCAL_EXTRA_LISTENERS"
+    for l in "${extra[@]}"; do
+      l="${l// /}"
+      [ -n "$l" ] || continue
+      name="${l%%://*}"
+      listeners="$listeners,$l"
+      case "$name" in
+        SSL|SASL_SSL|SASL_PLAINTEXT) protocols="$protocols,$name:$name" ;;
+      esac
+    done
+  fi
   cat > "$dir/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+listeners=$listeners
+advertised.listeners=$listeners
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=$protocols
 log.dirs=$dir/data
 num.partitions=1
 offsets.topic.replication.factor=1
@@ -83,8 +108,15 @@ start() {
   if [ ! -f "$dir/data/meta.properties" ]; then
     local id
     id="$(java -cp "$cp" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n1)"
+    local scram=() line
+    if [ -n "${KAFKA_LOCAL_SCRAM_FILE:-}" ]; then
+      while IFS= read -r line || [ -n "$line" ]; do
+        if [ -n "${line// /}" ]; then scram+=(--add-scram "$line"); fi
+      done < "$KAFKA_LOCAL_SCRAM_FILE"
+    fi
+    # format.log does not echo the --add-scram arguments (they hold passwords); a local test broker only.
     java -cp "$cp" kafka.tools.StorageTool format --standalone -t "$id" \
-      -c "$dir/server.properties" >"$dir/format.log" 2>&1 \
+      -c "$dir/server.properties" "${scram[@]}" >"$dir/format.log" 2>&1 \
       || { cat "$dir/format.log" >&2; exit 1; }
   fi
   : > "$log"
