@@ -162,6 +162,13 @@ def source_headers(topic: str, partition: int, offset: int) -> Headers:
             ("source-offset", str(offset).encode())]
 
 
-def dead_letter_headers(reason: str, message: str, topic: str, partition: int, offset: int) -> Headers:
-    return [("error-type", reason.encode()), ("error-message", message.encode("utf-8", "replace")[:1000]),
-            *source_headers(topic, partition, offset)]
+def dead_letter(value: bytes | None, reason: str, message: str, topic: str, partition: int, offset: int,
+                max_value_bytes: int) -> tuple[bytes | None, Headers]:
+    """The value and extra headers of a dead-letter record. A value too big for the dead-letter topic is
+    left out (the record still names its source topic, partition and offset) instead of failing delivery."""
+    headers = [("error-type", reason.encode()), ("error-message", message.encode("utf-8", "replace")[:1000]),
+               *source_headers(topic, partition, offset)]
+    if value is not None and len(value) > max_value_bytes:
+        headers.append(("error-value-omitted", str(len(value)).encode()))
+        value = None
+    return value, headers

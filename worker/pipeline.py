@@ -25,7 +25,7 @@ import numpy as np
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from worker.codecs import Headers, InputDecoder, OutputEncoder, Reason, dead_letter_headers, source_headers
+from worker.codecs import Headers, InputDecoder, OutputEncoder, Reason, dead_letter, source_headers
 from worker.encoder import Encoder
 from worker.metrics import Metrics, observe_many
 from worker.probes import Health
@@ -168,6 +168,7 @@ class Pipeline:
         self.producer = Producer(pconf)
         self.wait_s = settings.batch.max_wait_ms / 1000.0
         self.commit_interval_s = settings.kafka.commit_interval_ms / 1000.0
+        self.dlq_max_value = settings.input.dead_letter_max_value_bytes
         self._last_commit = 0.0
 
     # ---- callbacks (run inside consume/poll on the loop thread) ----
@@ -460,8 +461,9 @@ class Pipeline:
         for i, reason, text in bad:
             msg = real[i]
             headers = cast(Headers, list(msg.headers() or ()))
-            headers.extend(dead_letter_headers(reason, text, *where[i]))
-            self._produce(self.s.dlq_topic, keys[i], values[i], headers, cb)
+            dlq_value, dlq_headers = dead_letter(values[i], reason, text, *where[i], self.dlq_max_value)
+            headers.extend(dlq_headers)
+            self._produce(self.s.dlq_topic, keys[i], dlq_value, headers, cb)
             m.dead_lettered.labels(reason).inc()
         if self.transactional:
             self._commit_transaction(batch, where)

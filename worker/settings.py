@@ -134,6 +134,10 @@ class InputSettings(BaseModel):
     id_field: str = Field("id", description="JSON field holding the id (json format).")
     text_field: str = Field("text", description="JSON field holding the text (json format).")
     max_bytes: int = Field(1_000_000, ge=1, description="Messages larger than this go to the dead-letter topic.")
+    dead_letter_max_value_bytes: int = Field(
+        900_000, ge=0, description="A dead letter carries the original value only up to this size (brokers "
+        "reject records over ~1 MB by default); larger ones go with a null value and error-value-omitted."
+    )
     empty_text: EmptyTextPolicy = Field(
         EmptyTextPolicy.dead_letter, description="Empty/whitespace-only text: dead_letter or zero_vector."
     )
