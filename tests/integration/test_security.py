@@ -108,10 +108,10 @@ def good_run(sasl_broker, small_model, tmp_path_factory) -> Run:
     return run
 
 
-def run_until_exit(env: dict[str, str], log_path: Path, timeout: float) -> Run:
+def run_until_exit(env: dict[str, str], log_path: Path, timeout: float, processes: int = 1) -> Run:
     """Start a worker expected to stop by itself; scrape its probes while it lives."""
     run = Run(env=env, scrapes={"/metrics": [], "/readyz": [], "/healthz": []})
-    worker = WorkerProcess(env, log_path)
+    worker = WorkerProcess(env, log_path, processes=processes)
     t0 = time.monotonic()
     try:
         while worker.proc.poll() is None and time.monotonic() - t0 < timeout:
@@ -147,6 +147,15 @@ def debug_run(sasl_broker, small_model, tmp_path_factory) -> Run:
     env = {**base_env(inp, out, dlq, small_model), **sasl_broker.worker_env(password=WRONG),
            "EMBED_KAFKA__CONFIG__DEBUG": "all", "EMBED_LOG__LEVEL": "DEBUG"}
     return run_until_exit(env, tmp_path_factory.mktemp("debug-run") / "worker.log", FAIL_FAST_S + 30)
+
+
+@pytest.fixture(scope="module")
+def supervised_run(sasl_broker, small_model, tmp_path_factory) -> Run:
+    """A wrong password under `run --processes 2`: the supervisor must not restart the children forever."""
+    inp, out, dlq = topics_on(sasl_broker)
+    env = {**base_env(inp, out, dlq, small_model), **sasl_broker.worker_env(password=WRONG)}
+    return run_until_exit(env, tmp_path_factory.mktemp("supervised-run") / "worker.log", FAIL_FAST_S + 30,
+                          processes=2)
 
 
 def log_events(text: str) -> list[dict]:
@@ -192,6 +201,16 @@ def test_a_wrong_password_stops_the_worker_fast_with_exit_code_5(wrong_password_
     assert errors[0]["code"] == "authentication"
     stopped = [e for e in log_events(run.log) if e.get("msg") == "stopped"]
     assert stopped and stopped[-1]["exit_code"] == 5
+
+
+@pytest.mark.integration
+def test_a_wrong_password_stops_a_supervised_worker_too(supervised_run):
+    run = supervised_run
+    assert run.exit_code == EXIT_AUTH, f"exit {run.exit_code} after {run.seconds:.1f}s:\n{run.log[-3000:]}"
+    assert run.seconds < FAIL_FAST_S
+    events = log_events(run.log)
+    assert any(e.get("code") == "authentication" and e.get("level") == "error" for e in events)
+    assert not any(e.get("msg") == "process exited; restarting" for e in events), run.log[-3000:]
 
 
 @pytest.mark.integration
@@ -265,10 +284,10 @@ def test_a_certificate_the_worker_cannot_verify_is_logged_and_keeps_it_unready(s
 # ---- 3. secrets never leak ----
 
 @pytest.mark.integration
-@pytest.mark.parametrize("which", ["good", "wrong", "wrong-debug"])
+@pytest.mark.parametrize("which", ["good", "wrong", "wrong-debug", "wrong-supervised"])
 def test_the_password_appears_in_no_log_metric_or_probe(which, request):
-    run = request.getfixturevalue({"good": "good_run", "wrong": "wrong_password_run",
-                                   "wrong-debug": "debug_run"}[which])
+    run = request.getfixturevalue({"good": "good_run", "wrong": "wrong_password_run", "wrong-debug": "debug_run",
+                                   "wrong-supervised": "supervised_run"}[which])
     # The runs happened, with the secret really in their environment:
     secret = SECRET if which == "good" else WRONG
     assert secret in json.dumps(run.env)
