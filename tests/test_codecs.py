@@ -6,8 +6,17 @@ import numpy as np
 import orjson
 import pytest
 
-from worker.codecs import InputDecoder, OutputEncoder, Reason, dead_letter, fallback_id
-from worker.settings import EmptyTextPolicy, InputFormat, InputSettings, OutputFormat
+from worker.codecs import (
+    InputDecoder,
+    OutputEncoder,
+    OutputRecord,
+    Reason,
+    chunk_ident,
+    dead_letter,
+    dequantize,
+    fallback_id,
+)
+from worker.settings import EmptyTextPolicy, InputFormat, InputSettings, OutputFormat, OutputSettings
 
 
 def decode(values, fmt=InputFormat.json, **kw):
@@ -63,12 +72,17 @@ def test_empty_text_can_be_embedded_as_zero_vector():
     assert out.texts == [""] and not out.bad
 
 
+def records(ids, **kw):
+    return [OutputRecord(i, ident, **kw) for i, ident in enumerate(ids)]
+
+
 def test_json_output_round_trips_float32_exactly():
     vecs = np.random.default_rng(0).normal(size=(3, 16)).astype(np.float32)
-    enc = OutputEncoder(OutputFormat.json, "m/x", 16)
-    values = enc.values(["a", 2, None], vecs)
+    enc = OutputEncoder(OutputSettings(), "m/x", 16)
+    values = enc.values(records(["a", 2, None]), vecs)
     docs = [orjson.loads(v) for v in values]
     assert [d["id"] for d in docs] == ["a", 2, None]
+    assert all(set(d) == {"id", "embedding", "model", "dim"} for d in docs)
     assert all(d["model"] == "m/x" and d["dim"] == 16 for d in docs)
     np.testing.assert_array_equal(np.array([d["embedding"] for d in docs], dtype=np.float32), vecs)
     assert enc.extra_headers("a") == []
@@ -76,11 +90,75 @@ def test_json_output_round_trips_float32_exactly():
 
 def test_f32_output_is_little_endian_with_self_describing_headers():
     vecs = np.arange(8, dtype=np.float32).reshape(2, 4)
-    enc = OutputEncoder(OutputFormat.f32, "m", 4)
-    values = enc.values(["a", "b"], vecs)
+    enc = OutputEncoder(OutputSettings(format=OutputFormat.f32), "m", 4)
+    values = enc.values(records(["a", "b"]), vecs)
     assert [len(v) for v in values] == [16, 16]
     np.testing.assert_array_equal(np.frombuffer(values[1], dtype="<f4"), vecs[1])
-    assert dict(enc.extra_headers("a")) == {"id": b"a", "model": b"m", "dim": b"4"}
+    assert dict(enc.extra_headers("a")) == {"id": b"a", "model": b"m", "dim": b"4", "dtype": b"float32"}
+
+
+def _cosine(a, b):
+    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.mark.parametrize(("dtype", "size", "min_cos"), [("float16", 2, 0.99999), ("int8", 1, 0.999)])
+def test_compact_binary_outputs_round_trip_close_to_float32(model_factory, dtype, size, min_cos):
+    """The accuracy figure in README: cosine(dequantized, float32) over the test corpus."""
+    from modelfactory import sample_texts
+    from worker.encoder import Encoder
+    from worker.model import load_model
+
+    vecs = Encoder(load_model(model_factory("unigram", dim=64))).encode(sample_texts(2000, seed=5))
+    vecs = vecs[np.linalg.norm(vecs, axis=1) > 0]
+    enc = OutputEncoder(OutputSettings(format=OutputFormat.binary, dtype=dtype), "m", 64)
+    recs = records(range(len(vecs)))
+    values = enc.values(recs, vecs)
+    assert all(len(v) == 64 * size for v in values)
+    back = np.vstack([dequantize(v, dtype, float(dict(r.headers).get("scale", b"1"))) for v, r in
+                      zip(values, recs, strict=True)])
+    cos = _cosine(back, vecs)
+    print(f"{dtype}: cosine to float32 over {len(vecs)} vectors: mean {cos.mean():.6f}, min {cos.min():.6f}")
+    assert cos.min() >= min_cos
+    assert dict(enc.extra_headers(1))["dtype"] == dtype.encode()
+
+
+QDRANT_FORM = {"collection_name": str, "id": (str, int), "vector": list, "payload": dict}
+
+
+def test_qdrant_sink_form():
+    """Settings from README produce exactly the Qdrant Kafka sink's message form."""
+    s = OutputSettings.model_validate({
+        "id_field": "id", "vector_field": "vector", "include_model": False, "payload_field": "payload",
+        "payload_fields": "title,lang", "extra": {"collection_name": "docs"},
+    })
+    enc = OutputEncoder(s, "m", 4)
+    vec = np.ones((1, 4), np.float32)
+    doc = orjson.loads(enc.values([OutputRecord(0, "d1", payload={"title": "T", "lang": "en"})], vec)[0])
+    assert set(doc) == set(QDRANT_FORM)
+    for k, t in QDRANT_FORM.items():
+        assert isinstance(doc[k], t), k
+    assert doc["collection_name"] == "docs" and doc["payload"] == {"title": "T", "lang": "en"}
+    assert len(doc["vector"]) == 4 and all(isinstance(x, float) for x in doc["vector"])
+
+
+def test_payload_at_top_level_for_a_dense_vector_sink():
+    s = OutputSettings.model_validate({"vector_field": "text_vector", "include_model": False,
+                                       "payload_fields": ["title"], "payload_text": True})
+    doc = orjson.loads(OutputEncoder(s, "m", 2).values(
+        [OutputRecord(0, 5, payload={"title": "T", "text": "hello"})], np.zeros((1, 2), np.float32))[0])
+    assert doc == {"id": 5, "text_vector": [0.0, 0.0], "title": "T", "text": "hello"}
+
+
+def test_decoder_keeps_payload_fields():
+    dec = InputDecoder(InputSettings(), keep_fields=["title", "missing"])
+    out = dec.decode([b'{"id": 1, "text": "t", "title": "T", "other": 2}'], [None], [("t", 0, 0)])
+    assert out.fields == [{"title": "T"}]
+
+
+def test_chunk_ids():
+    assert chunk_ident("{id}#{n}", "doc", 3) == "doc#3"
+    a, b = chunk_ident("{uuid}", "doc", 0), chunk_ident("{uuid}", "doc", 1)
+    assert a != b and len(a) == 36 and a == chunk_ident("{uuid}", "doc", 0)
 
 
 def test_dead_letter_keeps_small_values_and_omits_huge_ones():

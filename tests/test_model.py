@@ -33,7 +33,7 @@ def test_reports_dimension_and_checks_expected(model_factory):
     assert model.dim == 24
     model.check_dim(24)
     model.check_dim(None)
-    with pytest.raises(ModelError, match="dimension is 24 but EMBED_MODEL__EXPECTED_DIM is 768"):
+    with pytest.raises(ModelError, match="output dimension is 24 but EMBED_MODEL__EXPECTED_DIM is 768"):
         model.check_dim(768)
 
 

@@ -22,7 +22,7 @@ def open_encoder(ms: ModelSettings) -> tuple[Encoder, str]:
     """Resolve, load and check the configured model; (encoder, model name)."""
     path = resolve_model_path(ms.path, ms.name)
     explicit_name = "name" in ms.model_fields_set or not ms.path
-    model = load_model(path, name=ms.name if explicit_name else None)
+    model = load_model(path, name=ms.name if explicit_name else None).with_dimensions(ms.dimensions)
     model.check_dim(ms.expected_dim)
     encoder = Encoder(model, max_length=ms.max_length, normalize=ms.normalize)
     return encoder, model.name

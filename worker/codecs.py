@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from worker.settings import EmptyTextPolicy, InputFormat, InputSettings, OutputFormat
+from worker.settings import EmptyTextPolicy, InputFormat, InputSettings, OutputSettings
 
 Headers = list[tuple[str, bytes]]
 
@@ -51,6 +51,7 @@ class Decoded:
     ids: list[Any] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     bad: list[tuple[int, str, str]] = field(default_factory=list)
+    fields: list[dict[str, Any]] = field(default_factory=list)  # kept input fields, when asked for
 
 
 def fallback_id(key: bytes | None, topic: str, partition: int, offset: int) -> str:
@@ -63,7 +64,8 @@ def fallback_id(key: bytes | None, topic: str, partition: int, offset: int) -> s
 class InputDecoder:
     """Turns raw message values into texts, or says why a message goes to the dead-letter topic."""
 
-    def __init__(self, settings: InputSettings) -> None:
+    def __init__(self, settings: InputSettings, keep_fields: Sequence[str] = ()) -> None:
+        self.keep_fields = list(keep_fields)
         self.format = settings.format
         self.id_field = settings.id_field
         self.text_field = settings.text_field
@@ -84,7 +86,7 @@ class InputDecoder:
                 continue
             if is_json:
                 try:
-                    ident, text = self._decode_json(value)
+                    ident, text, doc = self._decode_json(value)
                 except BadInput as e:
                     out.bad.append((i, e.reason, e.message))
                     continue
@@ -97,15 +99,18 @@ class InputDecoder:
                     out.bad.append((i, Reason.INVALID_UTF8, f"{e.reason} at byte {e.start}"))
                     continue
                 ident = fallback_id(keys[i], *where[i])
+                doc = {}
             if self.empty_is_bad and (not text or text.isspace()):
                 out.bad.append((i, Reason.EMPTY_TEXT, "text is empty or whitespace only"))
                 continue
             out.good.append(i)
             out.ids.append(ident)
             out.texts.append(text)
+            if self.keep_fields:
+                out.fields.append({k: doc[k] for k in self.keep_fields if k in doc})
         return out
 
-    def _decode_json(self, value: bytes) -> tuple[Any, str]:
+    def _decode_json(self, value: bytes) -> tuple[Any, str, dict[str, Any]]:
         try:
             doc = orjson.loads(value)
         except orjson.JSONDecodeError as e:
@@ -124,37 +129,95 @@ class InputDecoder:
         ident = doc.get(self.id_field)
         if isinstance(ident, dict | list):
             ident = orjson.dumps(ident).decode()
-        return ident, text
+        return ident, text, doc
+
+
+@dataclass
+class OutputRecord:
+    """One output to publish: which input it comes from, its id, extra headers and payload additions."""
+
+    source: int
+    ident: Any
+    headers: Headers = field(default_factory=list)
+    payload: dict[str, Any] | None = None
+    chunk: bool = False
+
+
+def chunk_ident(fmt: str, ident: Any, n: int) -> str:
+    """A chunk's id from `chunking.id_format`: {id}, {n}, and {uuid} (UUIDv5 of "id#n", for stores that
+    take only UUIDs or integers as point ids, such as Qdrant)."""
+    import uuid
+
+    return fmt.format(id=ident, n=n, uuid=uuid.uuid5(uuid.NAMESPACE_URL, f"{ident}#{n}"))
 
 
 class OutputEncoder:
-    """Builds output message values and headers from vectors."""
+    """Builds output values and headers from vectors: JSON (field names, payload and constants
+    configurable, so a vector store's Kafka sink takes it as it is) or raw binary vectors."""
 
-    def __init__(self, fmt: OutputFormat, model_name: str, dim: int) -> None:
-        self.format = fmt
+    def __init__(self, settings: OutputSettings, model_name: str, dim: int) -> None:
+        self.binary = settings.binary_dtype
         self.model_name = model_name
         self.dim = dim
+        self.payload_field = settings.payload_field
+        self.payload_fields = list(settings.payload_fields)
+        self.payload_text = settings.payload_text
+        self.wants_payload = bool(self.payload_fields or self.payload_field or self.payload_text)
+        self._head = b'{' + orjson.dumps(settings.id_field) + b":"
+        self._vec = b"," + orjson.dumps(settings.vector_field) + b":"
+        constants: dict[str, Any] = dict(settings.extra)
+        if settings.include_model:
+            constants.update(model=model_name, dim=dim)
+        self._constants = orjson.dumps(constants)[1:-1]  # '"k":v,...' without braces
         self._model_b = model_name.encode()
         self._dim_b = str(dim).encode()
-        self._tail = b',"model":' + orjson.dumps(model_name) + b',"dim":' + self._dim_b + b"}"
 
-    def values(self, ids: Sequence[Any], vectors: np.ndarray) -> list[bytes]:
-        """One output value per row of `vectors` (float32 [n, dim])."""
-        if self.format == OutputFormat.f32:
-            block = np.ascontiguousarray(vectors, dtype="<f4").tobytes()
-            size = self.dim * 4
-            return [block[i * size:(i + 1) * size] for i in range(len(ids))]
+    def values(self, records: Sequence[OutputRecord], vectors: np.ndarray) -> list[bytes]:
+        """One output value per record, from the matching row of `vectors` (float32 [n, dim])."""
+        if self.binary is not None:
+            return self._binary(records, vectors)
         dumps = orjson.dumps
         opt = orjson.OPT_SERIALIZE_NUMPY
-        tail = self._tail
-        return [b'{"id":' + dumps(i) + b',"embedding":' + dumps(v, option=opt) + tail
-                for i, v in zip(ids, vectors, strict=True)]
+        head, vec, consts = self._head, self._vec, self._constants
+        sep = b"," if consts else b""
+        out = []
+        for r, v in zip(records, vectors, strict=True):
+            body = head + dumps(r.ident) + vec + dumps(v, option=opt) + sep + consts
+            if r.payload is not None:
+                if self.payload_field:
+                    body += b"," + dumps(self.payload_field) + b":" + dumps(r.payload)
+                elif r.payload:
+                    body += b"," + dumps(r.payload)[1:-1]
+            out.append(body + b"}")
+        return out
+
+    def _binary(self, records: Sequence[OutputRecord], vectors: np.ndarray) -> list[bytes]:
+        if self.binary == "int8":
+            scale = np.abs(vectors).max(axis=1) / 127.0
+            scale[scale == 0] = 1.0
+            q = np.clip(np.rint(vectors / scale[:, None]), -127, 127).astype(np.int8)
+            for r, sc in zip(records, scale.tolist(), strict=True):
+                r.headers.append(("scale", repr(float(np.float32(sc))).encode()))
+            block, size = q.tobytes(), self.dim
+        elif self.binary == "float16":
+            block, size = np.ascontiguousarray(vectors, dtype="<f2").tobytes(), self.dim * 2
+        else:
+            block, size = np.ascontiguousarray(vectors, dtype="<f4").tobytes(), self.dim * 4
+        return [block[i * size:(i + 1) * size] for i in range(len(records))]
 
     def extra_headers(self, ident: Any) -> Headers:
-        """Headers the f32 format needs to be self-describing (json carries them in the value)."""
-        if self.format != OutputFormat.f32:
+        """Headers a binary format needs to be self-describing (json carries them in the value)."""
+        if self.binary is None:
             return []
-        return [("id", str(ident).encode()), ("model", self._model_b), ("dim", self._dim_b)]
+        return [("id", str(ident).encode()), ("model", self._model_b), ("dim", self._dim_b),
+                ("dtype", self.binary.encode())]
+
+
+def dequantize(value: bytes, dtype: str, scale: float = 1.0) -> np.ndarray:
+    """A binary output value back to float32 (what a consumer does)."""
+    if dtype == "int8":
+        return np.frombuffer(value, dtype=np.int8).astype(np.float32) * np.float32(scale)
+    return np.frombuffer(value, dtype="<f2" if dtype == "float16" else "<f4").astype(np.float32)
 
 
 def source_headers(topic: str, partition: int, offset: int) -> Headers:

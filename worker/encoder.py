@@ -93,7 +93,8 @@ class Encoder:
         self.char_limit = None if self.max_length is None else self.max_length * self.median_token_length
 
         self._table = model.table
-        self._direct = model.table.dtype == np.float32  # CSR can multiply the mapped table in place
+        # CSR can multiply the mapped table in place (a column slice, from `dimensions`, is gathered instead)
+        self._direct = model.table.dtype == np.float32 and model.table.flags.c_contiguous
         self._weights = None if model.weights is None else np.asarray(model.weights, dtype=np.float32)
         self._mapping = model.mapping
 

@@ -44,7 +44,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import chain, repeat
 from operator import itemgetter
 from typing import Any
@@ -83,6 +83,7 @@ class Scheme:
     first_alias: bool  # a first word tokenizes like " " + word unless its first character normalizes to space
     replacement: str  # Metaspace's replacement character (a first word must not start with it to be aliased)
     description: str
+    ascii_lower: bool = False  # the normalizer lowercases everything: keys are lowercased (ASCII letters only)
 
 
 def _normalizer_types(node: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -109,8 +110,23 @@ def _check_normalizer(node: dict[str, Any] | None, allowed: set[str]) -> None:
             raise FastPathUnsupported(f"normalizer {kind} is not implemented by the fast path")
 
 
+def _lowercases(node: dict[str, Any] | None) -> bool:
+    """The normalizer lowercases every character and nothing in it is case-sensitive (no Replace)."""
+    steps = _normalizer_types(node)
+    if any(n.get("type") == "Replace" for n in steps):
+        return False
+    return any(n.get("type") == "Lowercase" or (n.get("type") == "BertNormalizer" and n.get("lowercase", True))
+               for n in steps)
+
+
 def analyze(tokenizer: Tokenizer) -> Scheme:
     """The piece scheme of `tokenizer`, or FastPathUnsupported naming the component it cannot handle."""
+    scheme = _analyze(tokenizer)
+    normalizer = json.loads(tokenizer.to_str()).get("normalizer")
+    return replace(scheme, ascii_lower=_lowercases(normalizer))
+
+
+def _analyze(tokenizer: Tokenizer) -> Scheme:
     spec = json.loads(tokenizer.to_str())
     model = spec.get("model") or {}
     kind = model.get("type")
@@ -215,8 +231,8 @@ class FastPath:
     def clear(self) -> None:
         """Drop every entry and zero the counters."""
         self._index: dict[str, int] = {}
-        self._keys: list[Any] = [None] * self.capacity  # slot -> key, or list of keys when aliased
-        # Rows are allocated once at capacity: pages never written are never resident.
+        self._keys = np.empty(self.capacity, dtype=object)  # slot -> key, or list of keys when aliased
+        # Rows are allocated once at capacity (calloc): pages never written are never resident.
         self._sums = np.zeros((self.capacity, self.dim), dtype=np.float32)
         self._raw = np.zeros(self.capacity, dtype=np.int64)
         self._kept = np.zeros(self.capacity, dtype=np.int64)
@@ -235,12 +251,9 @@ class FastPath:
         return len(self._index)
 
     def stats(self) -> tuple[int, int, int, int]:
-        """(hits, misses, entries, bytes): lookups served from the cache, pieces tokenized, keys held,
-        estimated bytes held."""
+        """(hits, misses, entries, bytes): piece lookups served without tokenizing, pieces tokenized, keys
+        held, estimated bytes held."""
         return self.hits, self.misses, self.entries, self.bytes
-
-    def _key_bytes(self, key: str) -> int:
-        return sys.getsizeof(key) + 16
 
     def _evict(self, need_slots: int, need_bytes: int) -> bool:
         """Make room for `need_slots` new entries of `need_bytes`; never evicts entries of this batch."""
@@ -258,15 +271,13 @@ class FastPath:
         count = min(order.size, max(by_slots, by_bytes, (int((self._used >= 0).sum()) + 1) // 2))
         victims = order[:count]
         index = self._index
-        keys = self._keys
-        for s in victims.tolist():
-            k = keys[s]
+        for k in self._keys[victims].tolist():
             if isinstance(k, list):
                 for a in k:
                     del index[a]
             else:
                 del index[k]
-            keys[s] = None
+        self._keys[victims] = None
         self._used[victims] = -1
         self.bytes -= int(self._bytes_of[victims].sum())
         self._bytes_of[victims] = 0
@@ -295,23 +306,67 @@ class FastPath:
             self._first_ok[c] = ok
         return ok
 
-    def _piece_text(self, key: str) -> str:
-        if not self.scheme.spaced:
-            return key
-        return key[1:] if key[:1] == FIRST else " " + key
+    def _strings(self, keys: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Group the pieces of `keys` into a few strings whose tokenization is the concatenation of the
+        pieces' (the same property the fast path relies on): (strings, piece order, global piece starts)."""
+        spaced = self.scheme.spaced
+        if spaced:
+            texts = [k[1:] if k[:1] == FIRST else " " + k for k in keys]
+            kinds = np.fromiter((0 if k[:1] == FIRST else 1 for k in keys), dtype=np.int8, count=len(keys))
+        else:
+            texts = keys
+            kinds = np.ones(len(keys), dtype=np.int8)
+        lens = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+        # Empty and space-only pieces are tokenized alone; a first word must start its string.
+        if spaced:
+            alone = np.flatnonzero(((kinds == 1) & (lens <= 1)) | ((kinds == 0) & (lens == 0)))
+        else:
+            alone = np.flatnonzero(lens == 0)
+        is_alone = np.zeros(len(keys), dtype=bool)
+        is_alone[alone] = True
+        leads = np.flatnonzero((kinds == 0) & ~is_alone)
+        body = np.flatnonzero((kinds == 1) & ~is_alone)
+        n_body = max(leads.size, -(-body.size // 256)) if body.size else leads.size
+        groups: list[np.ndarray] = []
+        parts = np.array_split(body, n_body) if n_body else []
+        for i in range(n_body):
+            part = parts[i]
+            groups.append(np.concatenate([leads[i:i + 1], part]) if i < leads.size else part)
+        groups.extend(alone[i:i + 1] for i in range(alone.size))
+        seq = np.concatenate(groups) if groups else np.zeros(0, dtype=np.int64)
+        sizes = np.fromiter(map(len, groups), dtype=np.int64, count=len(groups))
+        sep = "" if spaced else " "
+        ordered = _take(texts, seq.tolist())
+        strings = []
+        pos = 0
+        for size in sizes.tolist():
+            strings.append(sep.join(ordered[pos:pos + size]))
+            pos += size
+        step = lens[seq] + len(sep)
+        ends = np.cumsum(step)
+        first_of = np.repeat(ends[np.cumsum(sizes) - sizes] - step[np.cumsum(sizes) - sizes], sizes)
+        within = ends - step - first_of
+        string_of = np.repeat(np.arange(len(groups), dtype=np.int64), sizes)
+        return strings, seq, (string_of << 32) + within
 
     def _fill(self, keys: list[str]) -> np.ndarray:
         """Tokenize the pieces of `keys` (new, distinct) in bulk; store their sums; return their slots."""
         slots = self._alloc(len(keys))
         for start in range(0, len(keys), FILL_CHUNK):
             part = keys[start:start + FILL_CHUNK]
-            where = slots[start:start + FILL_CHUNK]
-            enc = self.tokenizer.encode([self._piece_text(k) for k in part], is_pretokenized=True,
-                                        add_special_tokens=False)
-            ids = np.asarray(enc.ids, dtype=np.int64)
-            owner = np.asarray(enc.word_ids, dtype=np.int64) if ids.size else np.zeros(0, np.int64)
-            m = len(part)
+            strings, seq, piece_at = self._strings(part)
+            encs = self.tokenizer.encode_batch(strings, add_special_tokens=False)
+            id_lists = [e.ids for e in encs]
+            per_string = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
+            total = int(per_string.sum())
+            ids = np.fromiter(chain.from_iterable(id_lists), dtype=np.int64, count=total)
+            starts = np.fromiter(map(itemgetter(0), chain.from_iterable(e.offsets for e in encs)),
+                                 dtype=np.int64, count=total)
+            token_at = (np.repeat(np.arange(len(strings), dtype=np.int64), per_string) << 32) + starts
+            owner = np.searchsorted(piece_at, token_at, side="right") - 1  # position in seq
+            m = seq.size
             raw = np.bincount(owner, minlength=m)
+            where = slots[start:start + FILL_CHUNK][seq]
             if self.record is not None:
                 bounds = np.concatenate([[0], np.cumsum(raw)])
                 for i, s in enumerate(where.tolist()):
@@ -362,12 +417,15 @@ class FastPath:
 
     def _words(self, texts: Sequence[str]) -> tuple[list[str], np.ndarray]:
         if self.scheme.spaced:
-            words = (FIRST + (" " + FIRST).join(texts)).split(" ")
+            joined = FIRST + (" " + FIRST).join(texts)
         else:
-            words = " ".join(texts).split(" ")
+            joined = " ".join(texts)
+        if self.scheme.ascii_lower:
+            # The normalizer lowercases: lowercasing ASCII letters first changes nothing but the keys.
+            joined = joined.lower() if joined.isascii() else joined.encode().lower().decode()
         per_text = np.fromiter(map(str.count, texts, repeat(" ")), dtype=np.int64, count=len(texts))
         per_text += 1
-        return words, per_text
+        return joined.split(" "), per_text
 
     def _resolve(self, words: list[str], slots: np.ndarray) -> int | None:
         """Fill the missing slots of `words` (slots < 0) in place; returns the number of pieces tokenized, or
@@ -390,22 +448,24 @@ class FastPath:
             if held:  # protect the alias targets already cached from this batch's eviction
                 self._used[np.fromiter(map(index.__getitem__, held), np.int64, len(held))] = self._gen
             new = list(dict.fromkeys(plain + [t for t in aliases.values() if t not in index]))
-        need_bytes = len(new) * (self.row_bytes + ENTRY_OVERHEAD) + sum(map(self._key_bytes, new))
-        need_bytes += sum(map(self._key_bytes, aliases))
+        key_bytes = np.fromiter(map(sys.getsizeof, new), dtype=np.int64, count=len(new))
+        key_bytes += self.row_bytes + ENTRY_OVERHEAD
+        alias_bytes = sum(map(sys.getsizeof, aliases))
+        need_bytes = int(key_bytes.sum()) + alias_bytes
         if not self._evict(len(new), need_bytes):
             return None
         filled = self._fill(new) if new else np.zeros(0, dtype=np.int64)
+        index.update(zip(new, filled.tolist(), strict=True))
         keys = self._keys
-        for k, s in zip(new, filled.tolist(), strict=True):
-            index[k] = s
-            keys[s] = k
-            self._bytes_of[s] = self.row_bytes + ENTRY_OVERHEAD + self._key_bytes(k)
+        if new:
+            keys[filled] = np.array(new, dtype=object)
+        self._bytes_of[filled] = key_bytes
         for a, target in aliases.items():
             s = index[target]
             index[a] = s
             held_keys = keys[s]
             keys[s] = [*held_keys, a] if isinstance(held_keys, list) else [held_keys, a]
-            self._bytes_of[s] += self._key_bytes(a)
+            self._bytes_of[s] += sys.getsizeof(a)
         self._used[filled] = self._gen
         self.bytes += need_bytes
         slots[miss] = np.fromiter(map(index.__getitem__, missing), dtype=np.int64, count=len(missing))
@@ -415,25 +475,17 @@ class FastPath:
         """(means float32 [n, dim], kept token counts, exact mask) for gated-in texts; rows under the exact
         mask are not computed (the caller encodes those texts with the exact path)."""
         n = len(texts)
+        if n == 0:
+            return np.zeros((0, self.dim), np.float32), np.zeros(0, np.int64), np.zeros(0, bool)
+        bad = self.gate(texts)
+        if bad is None or not bad.any():
+            return self._pool_ok(list(texts))
         out = np.zeros((n, self.dim), dtype=np.float32)
         counts = np.zeros(n, dtype=np.int64)
-        exact = np.zeros(n, dtype=bool)
-        if n == 0:
-            return out, counts, exact
-        bad = self.gate(texts)
-        if bad is not None and bad.any():
-            exact |= bad
-            pos = np.flatnonzero(~bad)
-            sub = _take(texts, pos.tolist())
-        else:
-            pos = None
-            sub = list(texts)
-        if sub:
-            o, c, e = self._pool_ok(sub)
-            if pos is None:
-                out, counts, exact = o, c, e
-            else:
-                out[pos], counts[pos], exact[pos] = o, c, e
+        exact = bad.copy()
+        pos = np.flatnonzero(~bad)
+        if pos.size:
+            out[pos], counts[pos], exact[pos] = self._pool_ok(_take(texts, pos.tolist()))
         return out, counts, exact
 
     def _pool_ok(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -442,8 +494,7 @@ class FastPath:
         words, per_text = self._words(texts)
         index = self._index
         slots = np.fromiter(map(index.get, words, repeat(-1)), dtype=np.int64, count=len(words))
-        hit = slots >= 0
-        self._used[slots[hit]] = self._gen
+        self._used[slots[slots >= 0]] = self._gen
         tokenized = self._resolve(words, slots)
         if tokenized is None:
             # The batch needs more distinct pieces than the cache holds: halves, down to the exact path.
@@ -461,11 +512,10 @@ class FastPath:
         m = sp.csr_matrix((np.ones(slots.size, dtype=np.float32), slots, indptr), shape=(n, self.capacity))
         out = np.ascontiguousarray(m @ self._sums, dtype=np.float32)
         out /= np.maximum(kept, 1).astype(np.float32)[:, None]
-        exact = np.zeros(n, dtype=bool)
-        if self.max_length is not None:
-            raw = np.add.reduceat(self._raw[slots], starts)
-            exact = raw > self.max_length
-        return out, kept, exact
+        if self.max_length is None:
+            return out, kept, np.zeros(n, dtype=bool)
+        raw = np.add.reduceat(self._raw[slots], starts)
+        return out, kept, raw > self.max_length
 
     # --- verification --------------------------------------------------------------------------------
 

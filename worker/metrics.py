@@ -78,6 +78,7 @@ class Metrics:
         self.dead_lettered = counter(
             "messages_dead_lettered_total", "Input messages written to the dead-letter topic.", ["reason"]
         )
+        self.chunks = counter("chunks_embedded_total", "Chunks of long documents embedded (chunking on).")
         self.tokens = counter("tokens_encoded_total", "Tokens pooled by the encoder (after truncation).")
         self.bytes_in = counter("consumed_bytes_total", "Bytes of input message values consumed.")
         self.bytes_out = counter("produced_bytes_total", "Bytes of output message values acknowledged.")

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,11 +72,19 @@ class Model:
     def table_bytes(self) -> int:
         return int(self.table.nbytes)
 
+    def with_dimensions(self, n: int | None) -> Model:
+        """The first `n` columns of a PCA-ordered table (model2vec's `dimensionality=n`): a view, no copy."""
+        if n is None or n == self.dim:
+            return self
+        if not 1 <= n <= self.dim:
+            raise ModelError(f"{self.path}: EMBED_MODEL__DIMENSIONS={n} but the model has {self.dim} dimensions")
+        return replace(self, table=self.table[:, :n])
+
     def check_dim(self, expected: int | None) -> None:
         """Stop start-up when a configured dimension does not match the model's."""
         if expected is not None and expected != self.dim:
             raise ModelError(
-                f"{self.path}: model dimension is {self.dim} but EMBED_MODEL__EXPECTED_DIM is {expected}; "
+                f"{self.path}: output dimension is {self.dim} but EMBED_MODEL__EXPECTED_DIM is {expected}; "
                 "point EMBED_MODEL__PATH at the intended model or change the expected dimension"
             )
 

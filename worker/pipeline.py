@@ -25,8 +25,19 @@ import numpy as np
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from worker.codecs import Headers, InputDecoder, OutputEncoder, Reason, dead_letter, source_headers
-from worker.encoder import Encoder
+from worker.chunking import Chunker, document_vector
+from worker.codecs import (
+    Decoded,
+    Headers,
+    InputDecoder,
+    OutputEncoder,
+    OutputRecord,
+    Reason,
+    chunk_ident,
+    dead_letter,
+    source_headers,
+)
+from worker.encoder import Encoded, Encoder
 from worker.metrics import Metrics, observe_many
 from worker.probes import Health
 from worker.settings import ProcessingGuarantee, Settings
@@ -47,6 +58,7 @@ class PendingBatch:
     next_offsets: dict[tuple[str, int], int]
     timestamps_ms: np.ndarray
     produced: int
+    chunks: int
     dead_lettered: int
     bytes_out: int
     started: float = field(default_factory=time.perf_counter)
@@ -148,8 +160,10 @@ class Pipeline:
         self.encoder = encoder
         self.metrics = metrics
         self.health = health
-        self.decoder = InputDecoder(settings.input)
-        self.outputs = OutputEncoder(settings.output.format, model_name, encoder.dim)
+        self.outputs = OutputEncoder(settings.output, model_name, encoder.dim)
+        self.decoder = InputDecoder(settings.input, keep_fields=settings.output.payload_fields)
+        self.chunker = None if settings.chunking.mode == "off" else Chunker(settings.chunking,
+                                                                             encoder.model.tokenizer)
         self.tracker = OffsetTracker()
         self.stop_event = threading.Event()
         self.exit_code = EXIT_OK
@@ -418,19 +432,15 @@ class Pipeline:
         m.stage_seconds.labels("decode").observe(t1 - t0)
 
         bad = list(dec.bad)
+        records: list[OutputRecord] = []
         vectors = np.zeros((0, self.encoder.dim), np.float32)
         if dec.texts:
             try:
-                enc = self.encoder.encode_batch(dec.texts)
-                vectors = enc.vectors
-                tokens = int(enc.token_counts.sum())
-                m.tokens.inc(tokens)
-                m.batch_tokens.observe(tokens)
-                m.embedded.inc(len(dec.texts))
+                records, vectors = self._embed(dec)
             except Exception as e:  # one bad text must not stop the stream: dead-letter the batch's texts
                 log.exception("encoder failed on a batch; dead-lettering its texts")
                 bad.extend((i, Reason.ENCODE_ERROR, f"{type(e).__name__}: {e}"[:500]) for i in dec.good)
-                dec.good, dec.ids = [], []
+                records = []
         t2 = time.perf_counter()
         m.stage_seconds.labels("encode").observe(t2 - t1)
         m.batch_size.observe(n)
@@ -438,12 +448,13 @@ class Pipeline:
         next_offsets: dict[tuple[str, int], int] = {}
         for topic, part, off in where:
             next_offsets[(topic, part)] = off + 1
-        out_values = self.outputs.values(dec.ids, vectors) if dec.good else []
+        out_values = self.outputs.values(records, vectors) if records else []
         batch = PendingBatch(
             outstanding=len(out_values) + len(bad),
             next_offsets=next_offsets,
             timestamps_ms=np.fromiter((msg.timestamp()[1] for msg in real), dtype=np.int64, count=n),
-            produced=len(out_values),
+            produced=len({r.source for r in records}),
+            chunks=sum(1 for r in records if r.chunk),
             dead_lettered=len(bad),
             bytes_out=sum(map(len, out_values)),
         )
@@ -451,12 +462,13 @@ class Pipeline:
             self._begin()
         cb = batch.on_delivery
         out_topic = self.s.output_topic
-        for i, ident, value in zip(dec.good, dec.ids, out_values, strict=True):
+        for r, value in zip(records, out_values, strict=True):
+            i = r.source
             msg = real[i]
-            topic, part, off = where[i]
             headers = cast(Headers, list(msg.headers() or ()))
-            headers.extend(source_headers(topic, part, off))
-            headers.extend(self.outputs.extra_headers(ident))
+            headers.extend(source_headers(*where[i]))
+            headers.extend(self.outputs.extra_headers(r.ident))
+            headers.extend(r.headers)
             self._produce(out_topic, keys[i], value, headers, cb)
         for i, reason, text in bad:
             msg = real[i]
@@ -470,6 +482,79 @@ class Pipeline:
             return
         self.tracker.add(batch)
         self.producer.poll(0)
+
+    def _embed(self, dec: Decoded) -> tuple[list[OutputRecord], np.ndarray]:
+        """Encode the batch's texts (or their chunks) in one call; one output record per vector."""
+        m = self.metrics
+        payloads = self._payloads(dec)
+        if self.chunker is None:
+            enc = self.encoder.encode_batch(dec.texts)
+            records = [OutputRecord(i, ident, payload=p) for i, ident, p in zip(dec.good, dec.ids, payloads,
+                                                                                 strict=True)]
+            if self.outputs.payload_text:
+                for r, text in zip(records, dec.texts, strict=True):
+                    assert r.payload is not None
+                    r.payload["text"] = text
+            vectors = enc.vectors
+        else:
+            records, vectors, enc = self._embed_chunks(dec, payloads)
+        tokens = int(enc.token_counts.sum())
+        m.tokens.inc(tokens)
+        m.batch_tokens.observe(tokens)
+        m.embedded.inc(len(dec.texts))
+        return records, vectors
+
+    def _payloads(self, dec: Decoded) -> list[dict[str, Any] | None]:
+        if not self.outputs.wants_payload:
+            return [None] * len(dec.good)
+        return [dict(f) for f in dec.fields] if dec.fields else [{} for _ in dec.good]
+
+    def _embed_chunks(self, dec: Decoded, payloads: list[dict[str, Any] | None]
+                      ) -> tuple[list[OutputRecord], np.ndarray, Encoded]:
+        """Every chunk of every document in one encoder call; chunk records (and document vectors)."""
+        assert self.chunker is not None
+        cs = self.s.chunking
+        spans = self.chunker.split_many(dec.texts)
+        chunk_texts = [text[sp.start:sp.end] for text, doc in zip(dec.texts, spans, strict=True) for sp in doc]
+        enc = self.encoder.encode_batch(chunk_texts)
+        rows: list[int] = []
+        records: list[OutputRecord] = []
+        doc_rows: list[np.ndarray] = []
+        k = 0
+        for i, ident, text, doc, payload in zip(dec.good, dec.ids, dec.texts, spans, payloads, strict=True):
+            if len(doc) == 1 and not cs.document_vector:  # fits in one chunk: an ordinary output
+                records.append(OutputRecord(i, ident, payload=_with_text(payload, text, self.outputs.payload_text)))
+                rows.append(k)
+                k += 1
+                continue
+            for n, sp in enumerate(doc):
+                chunk_id = chunk_ident(cs.id_format, ident, n)
+                headers = [("chunk-kind", b"chunk"), ("chunk-index", str(n).encode()),
+                           ("chunk-count", str(len(doc)).encode()), ("chunk-start", str(sp.start).encode()),
+                           ("chunk-end", str(sp.end).encode())]
+                p = None
+                if payload is not None:
+                    p = {**payload, "document_id": ident, "chunk_index": n, "chunk_count": len(doc),
+                         "chunk_start": sp.start, "chunk_end": sp.end}
+                    p = _with_text(p, text[sp.start:sp.end], self.outputs.payload_text)
+                records.append(OutputRecord(i, chunk_id, headers=headers, payload=p, chunk=True))
+                rows.append(k + n)
+            if cs.document_vector:
+                doc_rows.append(np.arange(k, k + len(doc)))
+                records.append(OutputRecord(i, ident, headers=[("chunk-kind", b"document"),
+                                                               ("chunk-count", str(len(doc)).encode())],
+                                            payload=payload))
+                rows.append(-len(doc_rows))  # placeholder: the document vector, appended below
+            k += len(doc)
+        vectors = enc.vectors
+        if doc_rows:
+            docs = np.vstack([document_vector(vectors[r], enc.token_counts[r], self.encoder.normalize)
+                              for r in doc_rows])
+            vectors = np.vstack([vectors, docs])
+            base = enc.vectors.shape[0]
+            rows = [r if r >= 0 else base + (-r - 1) for r in rows]
+        self.metrics.chunks.inc(sum(len(d) for d in spans if len(d) > 1 or cs.document_vector))
+        return records, vectors[np.asarray(rows, dtype=np.int64)], enc
 
     # ---- exactly-once: one transaction per batch, outputs + dead letters + input offsets ----
 
@@ -576,3 +661,9 @@ def _force_exit() -> None:
 
 def _names(partitions: list[TopicPartition]) -> str:
     return ",".join(f"{p.topic}[{p.partition}]" for p in partitions)
+
+
+def _with_text(payload: dict[str, Any] | None, text: str, include: bool) -> dict[str, Any] | None:
+    if payload is not None and include:
+        payload["text"] = text
+    return payload

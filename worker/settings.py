@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 from enum import Enum, StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError as SourceError
 
 DEFAULT_MODEL = "tss-deposium/gemma-deposium-768d"
@@ -32,7 +32,8 @@ class InputFormat(StrEnum):
 
 class OutputFormat(StrEnum):
     json = "json"
-    f32 = "f32"
+    f32 = "f32"  # binary float32 (same as binary with dtype float32)
+    binary = "binary"
 
 
 class EmptyTextPolicy(StrEnum):
@@ -110,6 +111,9 @@ class ModelSettings(BaseModel):
         None, ge=1, description="Stop start-up unless the model has this dimension (the chart sets 768)."
     )
     max_length: int | None = Field(512, ge=1, description="Truncate texts to this many tokens; null = no limit.")
+    dimensions: int | None = Field(
+        None, ge=1, description="Keep the first N (PCA-ordered) dimensions of the table; unset = all."
+    )
     normalize: bool | None = Field(None, description="Override the model config's normalize.")
     fast_path: Literal["auto", "on", "off"] = Field(
         "auto", description="Piece-cache fast path: auto = on where it reproduces the exact path at load."
@@ -119,7 +123,7 @@ class ModelSettings(BaseModel):
         None, description="Extra self-check corpus (one text per line) the fast path must reproduce exactly."
     )
 
-    @field_validator("max_length", "expected_dim", mode="before")
+    @field_validator("max_length", "expected_dim", "dimensions", mode="before")
     @classmethod
     def _none_words(cls, value: Any) -> Any:
         if isinstance(value, str) and value.strip().lower() in {"", "none", "null"}:
@@ -146,9 +150,65 @@ class InputSettings(BaseModel):
 class OutputSettings(BaseModel):
     """How an output message is written."""
 
-    format: OutputFormat = Field(OutputFormat.json, description="json, or f32 (raw little-endian float32).")
+    format: OutputFormat = Field(
+        OutputFormat.json, description="json; f32 (raw little-endian float32); binary (raw, in output.dtype)."
+    )
+    dtype: Literal["float32", "float16", "int8"] = Field(
+        "float32", description="binary format: element type; int8 carries a per-vector scale header."
+    )
     compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
         "lz4", description="Producer compression; lz4 is cheap on CPU and shrinks JSON vectors well."
+    )
+    id_field: str = Field("id", min_length=1, description="json: name of the id field.")
+    vector_field: str = Field("embedding", min_length=1, description="json: name of the vector field.")
+    include_model: bool = Field(True, description="json: add the model and dim fields.")
+    payload_fields: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="json: input fields copied into the output (JSON list of names)."
+    )
+    payload_field: str | None = Field(
+        None, description="json: nest the copied fields (and chunk info) under this field; unset = top level."
+    )
+    payload_text: bool = Field(False, description="json: copy the (chunk) text into the payload as 'text'.")
+    extra: dict[str, Any] = Field(
+        default_factory=dict,
+        description='json: constant fields added to every output, e.g. {"collection_name": "docs"}.',
+    )
+
+    @field_validator("payload_fields", mode="before")
+    @classmethod
+    def _list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip()
+            return json.loads(value) if value.startswith("[") else [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("payload_field", mode="before")
+    @classmethod
+    def _empty_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def binary_dtype(self) -> str | None:
+        """The element type of a binary format, None for json."""
+        if self.format == OutputFormat.f32:
+            return "float32"
+        return self.dtype if self.format == OutputFormat.binary else None
+
+
+class ChunkingSettings(BaseModel):
+    """Long documents -> one output per chunk (see worker/chunking.py for the exact rules)."""
+
+    mode: Literal["off", "words", "tokens"] = Field("off", description="off, words or tokens.")
+    size: int = Field(200, ge=2, description="Words (words mode) or tokens (tokens mode) per chunk.")
+    overlap: int = Field(0, ge=0, description="Words or tokens shared by consecutive chunks.")
+    max_word_chars: int = Field(
+        40, ge=4, description="A longer run without spaces (CJK text) is cut into token windows."
+    )
+    id_format: str = Field(
+        "{id}#{n}", description="Chunk id: {id} document id, {n} chunk index, {uuid} a UUIDv5 of both."
+    )
+    document_vector: bool = Field(
+        False, description="Also publish the document vector: chunk vectors averaged by token count."
     )
 
 
@@ -197,6 +257,7 @@ class Settings(BaseSettings):
     input: InputSettings = Field(default_factory=InputSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
+    chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     processing_guarantee: ProcessingGuarantee = ProcessingGuarantee.at_least_once
