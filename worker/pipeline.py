@@ -115,6 +115,7 @@ def consumer_config(s: Settings, on_stats: Callable[[str], None], on_error: Call
         "reconnect.backoff.max.ms": 5000,
         "error_cb": on_error,
         "stats_cb": on_stats,
+        "logger": logging.getLogger("librdkafka.consumer"),
     }
     if k.group_instance_id:
         conf["group.instance.id"] = k.group_instance_id
@@ -138,6 +139,7 @@ def producer_config(s: Settings, on_error: Callable[[KafkaError], None]) -> dict
         "delivery.timeout.ms": 300000,
         "reconnect.backoff.max.ms": 5000,
         "error_cb": on_error,
+        "logger": logging.getLogger("librdkafka.producer"),
     }
     conf.update(k.extra("producer"))
     return conf
@@ -196,10 +198,10 @@ class Pipeline:
         if err.code() in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED,
                           KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED,
                           KafkaError.CLUSTER_AUTHORIZATION_FAILED):
-            log.error("authentication or authorization failed; check the SASL/SSL settings",
-                      extra={"error": err.str(), "code": kind})
-            self.exit_code = EXIT_AUTH
-            self.stop_event.set()
+            self._auth_failed(err, kind)
+            return
+        if err.code() == KafkaError._SSL and "certificate verify failed" in err.str():
+            self._auth_failed(err, kind)  # a CA that does not sign the broker: no retry will fix it
             return
         if err.fatal():
             log.error("fatal client error; stopping", extra={"error": err.str()})
@@ -211,6 +213,12 @@ class Pipeline:
             self._last_error_log[kind] = now
             log.warning("kafka client error (librdkafka retries with back-off)",
                         extra={"error": err.str(), "code": kind})
+
+    def _auth_failed(self, err: KafkaError, kind: str) -> None:
+        log.error("authentication, authorization or TLS verification failed; check the SASL/SSL settings",
+                  extra={"error": err.str(), "code": kind})
+        self.exit_code = EXIT_AUTH
+        self.stop_event.set()
 
     def _on_stats(self, raw: str) -> None:
         try:

@@ -8,6 +8,7 @@ group joined. Only GET is served, requests are small, and nothing secret is ever
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -56,6 +57,9 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "embedstream"
     sys_version = ""
 
+    def version_string(self) -> str:
+        return self.server_version
+
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
@@ -101,10 +105,14 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 16
 
 
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
 def serve(registry: CollectorRegistry, health: Health, host: str, port: int) -> ThreadingHTTPServer:
     """Start the probe/metrics server in a daemon thread; returns it (`server_address` has the port)."""
     handler = type("Handler", (_Handler,), {"registry": registry, "health": health})
-    server = _Server((host, port), handler)
+    server = (_Server6 if ":" in host else _Server)((host, port), handler)
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     log.info("metrics and probes listening", extra={"address": f"{host}:{server.server_address[1]}"})
     return server

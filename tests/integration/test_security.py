@@ -194,7 +194,8 @@ def test_a_wrong_password_stops_the_worker_fast_with_exit_code_5(wrong_password_
     run = wrong_password_run
     assert run.exit_code == EXIT_AUTH == 5, f"exit {run.exit_code} after {run.seconds:.1f}s:\n{run.log[-3000:]}"
     assert run.seconds < FAIL_FAST_S
-    errors = [e for e in log_events(run.log) if e.get("level") == "error" and "authentication" in e.get("msg", "")]
+    errors = [e for e in log_events(run.log) if e.get("level") == "error" and "authentication" in e.get("msg", "")
+              and e.get("logger") == "worker.pipeline"]
     assert errors, run.log[-3000:]
     assert "SASL authentication error" in errors[0]["error"]
     assert "invalid credentials" in errors[0]["error"]
@@ -257,27 +258,22 @@ def test_a_wrong_password_in_process_counts_the_error_and_probes_say_stopping(sa
 
 
 @pytest.mark.integration
-def test_a_certificate_the_worker_cannot_verify_is_logged_and_keeps_it_unready(sasl_broker, small_model, tmp_path):
+def test_a_certificate_the_worker_cannot_verify_fails_fast_with_a_clear_error(sasl_broker, small_model, tmp_path):
     """TLS trust failure (ssl.ca.location names a CA that did not sign the broker): librdkafka reports
-    _SSL ("certificate verify failed") and retries; the worker says so in its log and stays unready."""
+    _SSL ("certificate verify failed"); no retry can fix that, so the worker exits 5 with the reason."""
     inp, out, dlq = topics_on(sasl_broker)
     env = {**base_env(inp, out, dlq, small_model), **sasl_broker.worker_env(ca=sasl_broker.certs.other_ca)}
     worker = WorkerProcess(env, tmp_path / "worker.log")
+    t0 = time.monotonic()
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and "certificate verify failed" not in worker.log_tail(200):
-            assert worker.proc.poll() is None, worker.log_tail()
-            time.sleep(0.2)
-        ready = worker.get("/readyz")
-        live = worker.get("/healthz")
+        code = worker.proc.wait(30)
     finally:
-        code = worker.stop(30)
+        worker.kill()
+    assert code == EXIT_AUTH and time.monotonic() - t0 < 30
     log = (tmp_path / "worker.log").read_text(errors="replace")
-    warnings = [e for e in log_events(log) if e.get("code") == "ssl"]
-    assert warnings and "certificate verify failed" in warnings[0]["error"], log[-3000:]
-    assert ready[0] == 503 and "broker" in ready[1]
-    assert live[0] == 200
-    assert code == 0
+    errors = [e for e in log_events(log) if e.get("level") == "error" and e.get("code") == "ssl"
+              and e.get("logger") == "worker.pipeline"]
+    assert errors and "certificate verify failed" in errors[0]["error"], log[-3000:]
     assert not leaks(log)
 
 
