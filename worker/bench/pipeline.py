@@ -45,6 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--processes", default="1,2", help="comma-separated process counts to run, e.g. 1,2")
     p.add_argument("--formats", default="json,f32", help="output formats to run")
     p.add_argument("--max-messages", type=int, default=512, help="EMBED_BATCH__MAX_MESSAGES")
+    p.add_argument("--compression", default=os.environ.get("EMBED_OUTPUT__COMPRESSION", "lz4"),
+                   help="EMBED_OUTPUT__COMPRESSION for the worker runs")
     p.add_argument("--baseline-messages", type=int, default=20_000, help="naive baseline size; 0 = skip")
     p.add_argument("--latency", action="store_true", help="also run the fixed-rate latency mode")
     p.add_argument("--latency-seconds", type=float, default=20.0)
@@ -187,7 +189,8 @@ def worker_env(bootstrap: str, model: Path, topics: tuple[str, str, str], fmt: s
             "EMBED_OUTPUT_TOPIC": topics[1], "EMBED_DLQ_TOPIC": topics[2], "EMBED_MODEL__PATH": str(model),
             "EMBED_OUTPUT__FORMAT": fmt, "EMBED_BATCH__MAX_MESSAGES": str(max_messages),
             "EMBED_BATCH__MAX_WAIT_MS": str(max_wait_ms), "EMBED_METRICS__PORT": "0",
-            "EMBED_METRICS__STATISTICS_INTERVAL_MS": "0", "EMBED_LOG__LEVEL": "WARNING"}
+            "EMBED_METRICS__STATISTICS_INTERVAL_MS": "0", "EMBED_LOG__LEVEL": "WARNING",
+            "EMBED_OUTPUT__COMPRESSION": os.environ.get("EMBED_OUTPUT__COMPRESSION", "lz4")}
 
 
 def throughput_run(bootstrap: str, model: Path, texts: list[str], partitions: int, processes: int, fmt: str,
@@ -422,6 +425,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def run_all(args: argparse.Namespace, bootstrap: str) -> int:
+    os.environ["EMBED_OUTPUT__COMPRESSION"] = args.compression
     from worker.bench.encoder import machine_info, versions
     from worker.bench.synthetic import cached_model
 
@@ -432,7 +436,8 @@ def run_all(args: argparse.Namespace, bootstrap: str) -> int:
     print(f"machine: {machine}")
     print(f"versions: {vers}")
     print(f"settings: messages={args.messages} set={args.text_set} partitions={args.partitions} "
-          f"processes={args.processes} formats={args.formats} max_messages={args.max_messages} model={model}")
+          f"processes={args.processes} formats={args.formats} max_messages={args.max_messages} "
+          f"compression={args.compression} model={model}")
     enc = encoder_only(model, texts, args.max_messages)
     print(f"\nencoder alone: {enc['messages_per_s']:,.0f} msg/s, {enc['tokens_per_s']:,.0f} tokens/s, "
           f"{enc['cpu_s_per_10k']:.3f} CPU-s per 10k messages")
