@@ -58,7 +58,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from worker.settings import load_settings
     from worker.supervisor import supervise
 
-    return supervise(args.processes, load_settings())
+    settings = load_settings()
+    return supervise(args.processes or settings.processes, settings)
 
 
 def _cmd_produce(args: argparse.Namespace) -> int:
@@ -100,8 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run the Kafka worker (configured by EMBED_* environment variables)",
                        epilog=_settings_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    r.add_argument("--processes", default=os.environ.get("EMBED_PROCESSES", "1"),
-                   help="consumer processes in this container: a number or auto (one per CPU); default 1")
+    r.add_argument("--processes", default=None,
+                   help="consumer processes in this container: a number or auto (one per CPU); "
+                        "default EMBED_PROCESSES or 1")
     r.set_defaults(func=_cmd_run)
 
     pr = sub.add_parser("produce", help="send sample texts (or a file's lines) to the input topic")

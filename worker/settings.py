@@ -260,7 +260,12 @@ class Settings(BaseSettings):
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log: LogSettings = Field(default_factory=LogSettings)
-    processing_guarantee: ProcessingGuarantee = ProcessingGuarantee.at_least_once
+    processing_guarantee: ProcessingGuarantee = Field(
+        ProcessingGuarantee.at_least_once, description="at_least_once, or exactly_once (transactions)."
+    )
+    processes: str = Field(
+        "1", pattern=r"^(auto|[1-9][0-9]*)$", description="Consumer processes (run --processes): N or auto."
+    )
     shutdown_grace_s: float = Field(25.0, gt=0, le=600, description="SIGTERM: finish, flush, commit within this.")
 
     @model_validator(mode="after")
