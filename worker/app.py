@@ -24,7 +24,18 @@ def open_encoder(ms: ModelSettings) -> tuple[Encoder, str]:
     explicit_name = "name" in ms.model_fields_set or not ms.path
     model = load_model(path, name=ms.name if explicit_name else None).with_dimensions(ms.dimensions)
     model.check_dim(ms.expected_dim)
-    encoder = Encoder(model, max_length=ms.max_length, normalize=ms.normalize)
+    check_texts = None
+    if ms.fast_path_check_file:
+        from worker.fastpath import read_check_file
+        from worker.model import ModelError
+
+        try:
+            check_texts = read_check_file(ms.fast_path_check_file)
+        except (OSError, UnicodeDecodeError) as e:
+            raise ModelError(f"{ms.fast_path_check_file}: cannot read the fast-path check file "
+                             f"(EMBED_MODEL__FAST_PATH_CHECK_FILE): {e}") from None
+    encoder = Encoder(model, max_length=ms.max_length, normalize=ms.normalize, fast_path=ms.fast_path,
+                      fast_path_cache_mb=ms.fast_path_cache_mb, fast_path_check_texts=check_texts)
     return encoder, model.name
 
 

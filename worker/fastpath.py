@@ -1,40 +1,45 @@
-"""The fast path: tokenize each distinct piece of text once, then encode texts from a cache of piece sums.
+"""The fast path: tokenize each distinct piece of text once and serve its token ids from a cache.
 
-A static-embedding vector is the mean of a text's token rows. For the tokenizers this module accepts
-(BERT-style whitespace + punctuation splitting, SentencePiece `Metaspace`, GPT-2 byte-level BPE) the tokens
-of a text are the concatenation of the tokens of its *pieces*, and each piece's tokens depend on that piece
-only. A piece is cut from the raw text at a space:
+For short texts tokenization is most of the encoder's time (see docs/benchmarks.md), and most of the words
+in a stream repeat. For the tokenizers this module accepts (BERT-style whitespace + punctuation splitting,
+SentencePiece `Metaspace`, GPT-2 byte-level BPE), the tokens of a text are the concatenation of the tokens
+of its *pieces*, and each piece's tokens depend on that piece only. A piece is cut from the raw text at a
+space:
 
 * **words** (the pre-tokenizer drops whitespace: BertPreTokenizer, Whitespace, WhitespaceSplit):
   `text.split(" ")`; the piece is the word.
 * **spaced** (Metaspace, ByteLevel: the space belongs to the next token): the first word is its own piece,
   every other word is the piece `" " + word`. Key `"\\0" + word` stands for a first word, key `word` for
-  `" " + word`. When the model treats both alike (Metaspace prepend_scheme always/first, ByteLevel
-  add_prefix_space) and the word's first character does not normalize to whitespace, the first-word key
-  is an alias of the other one (one tokenization, one row).
+  `" " + word`. Where the model treats both alike (Metaspace prepend_scheme always/first, ByteLevel
+  add_prefix_space) and the word's first character does not normalize to whitespace, the first-word key is
+  an alias of the other one (one tokenization, one entry).
+* Where the normalizer lowercases everything (uncased BERT), keys are lowercased (ASCII letters only, which
+  no normalizer step can tell apart from their lowercase), so "The" and "the" share an entry.
 
-The cache maps a piece key to a slot holding the float32 sum of the piece's token rows (weights and mapping
-applied, unknown tokens removed), the number of tokens kept and the number before unknown-token removal
-(truncation counts those). A batch is split with one `str.split`, looked up with one `map(dict.get)`; all
-new pieces of the batch are tokenized with ONE tokenizer call (`is_pretokenized=True`: every piece is
-normalized, pre-tokenized and tokenized on its own, its tokens tagged with its index), summed with one sparse
-(pieces x rows) product, and the texts are assembled with one sparse (texts x slots) product. The result
-is the mean; the encoder normalizes.
+The cache maps a piece key to the piece's token ids (before unknown-token removal, so that truncation can
+count them), kept in one int32 arena. A batch is split with one `str.split` and looked up with one
+`map(dict.get)`. All new pieces of a batch are tokenized with ONE `encode_batch` call: they are joined into
+a few strings whose tokenization is, by the same property, the concatenation of the pieces', and each token
+is given back to its piece by its character offset. The batch's ids are then gathered from the arena with
+numpy (no per-piece Python), truncated to `max_length` tokens per text and stripped of the unknown token;
+the encoder pools them exactly as it pools the tokenizer's ids. Same ids, same pooling code: the fast path's
+vectors are bit-identical to the exact path's (and to model2vec's).
 
 A text takes the exact path instead when the fast path cannot prove it handles it: any character that is
 not printable (all whitespace but " ", controls, format characters such as ZWJ, unassigned code points),
-an added/special token's content anywhere in it, a run of spaces where the pre-tokenizer splits runs
-differently (byte-level BPE), or more tokens than `max_length` (truncation).
+an added/special token's content anywhere in it, or a run of spaces where the pre-tokenizer splits runs
+with a look-ahead (byte-level BPE).
 
 Everything here is checked when a model loads: `verify` runs a built-in multilingual corpus (plus a user's
-file) through both paths and requires identical token ids per text and vectors within tolerance; see
-`worker.encoder.Encoder` for how the result turns the fast path on or off.
+file) through both paths and requires, per text, the same token ids as the tokenizer gives the whole text,
+and the same vectors; see `worker.encoder.Encoder` for how the result turns the fast path on or off.
 
-Cache bound and eviction: the memory estimate of an entry is its row (dim x 4 bytes) + its counters + its
-key string(s) + a fixed per-entry overhead for the dict and list slots. When a batch needs room, entries
-not used by the current batch are evicted oldest-first by the batch generation in which they were last
-used (LRU by generation), at least half of the entries at once ("clear-half"), so eviction work is
-amortized. The rows live in one preallocated array whose untouched pages are never resident.
+Memory bound and eviction: an entry is estimated at its key string(s) (`sys.getsizeof`) + `ENTRY_OVERHEAD`
+bytes (dict entry, slot arrays) + 4 bytes per token id. When a batch needs room, entries not used by the
+current batch are evicted oldest-first by the batch ("generation") in which they were last used, at least
+half of the entries at once (LRU by generation with clear-half, so eviction work is amortized), and the
+arena is compacted. The slot arrays and the arena are preallocated for the bound with calloc: pages never
+written are never resident.
 """
 
 from __future__ import annotations
@@ -50,14 +55,13 @@ from operator import itemgetter
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 from tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
 
+CHECK_BUDGET = 64 * 1024 * 1024  # cache bound while self-checking (preallocated lazily: only used pages count)
 FIRST = "\x00"  # key prefix of a text's first word ("spaced" schemes); never in a printable text
-ENTRY_OVERHEAD = 120  # bytes per entry beyond its row and its key strings: dict entry, list slot, counters
-FILL_CHUNK = 8192  # pieces per tokenizer call when filling
+ENTRY_OVERHEAD = 112  # bytes per entry beyond its key string(s) and ids: dict entry, slot arrays, list slot
 
 # Normalizers that act on each character (or on a run of characters between two starters) only, so that
 # normalizing "a b" equals normalizing "a", " " and "b" apart: a space is never changed and never composes.
@@ -121,13 +125,11 @@ def _lowercases(node: dict[str, Any] | None) -> bool:
 
 def analyze(tokenizer: Tokenizer) -> Scheme:
     """The piece scheme of `tokenizer`, or FastPathUnsupported naming the component it cannot handle."""
-    scheme = _analyze(tokenizer)
-    normalizer = json.loads(tokenizer.to_str()).get("normalizer")
-    return replace(scheme, ascii_lower=_lowercases(normalizer))
-
-
-def _analyze(tokenizer: Tokenizer) -> Scheme:
     spec = json.loads(tokenizer.to_str())
+    return replace(_analyze(spec), ascii_lower=_lowercases(spec.get("normalizer")))
+
+
+def _analyze(spec: dict[str, Any]) -> Scheme:
     model = spec.get("model") or {}
     kind = model.get("type")
     if kind not in ("WordPiece", "Unigram", "BPE", "WordLevel"):
@@ -191,39 +193,38 @@ def _take(seq: Sequence[str], positions: list[int]) -> list[str]:
 
 
 class FastPath:
-    """Piece cache and batch encoder (means, not normalized) for one model; see the module docstring."""
+    """Piece cache in front of the tokenizer for one model; see the module docstring."""
 
     def __init__(
         self,
         *,
         tokenizer: Tokenizer,
         scheme: Scheme,
-        table: np.ndarray,
-        weights: np.ndarray | None,
-        mapping: np.ndarray | None,
         unk_id: int | None,
         max_length: int | None,
         cache_bytes: int,
     ) -> None:
+        self.reference = tokenizer  # the exact path's tokenizer (the self-check lifts its truncation)
+        # The fill copy has no truncation, padding or post-processor (with add_special_tokens=False a
+        # post-processor changes no id, but it may trim offsets, which give tokens back to their pieces).
         tok = Tokenizer.from_str(tokenizer.to_str())
         tok.no_truncation()
         tok.no_padding()
+        tok.post_processor = None
         self.tokenizer = tok
         self.scheme = scheme
-        self.table = table
-        self.dim = int(table.shape[1])
-        self.weights = weights
-        self.mapping = mapping
         self.unk_id = unk_id
         self.max_length = max_length
         self.contents = added_contents(tok)
-        self._direct = table.dtype == np.float32
         self._normalizer = tok.normalizer
-        self.row_bytes = 4 * self.dim
-        self.cache_bytes = int(cache_bytes)
-        self.capacity = max(1, self.cache_bytes // (self.row_bytes + ENTRY_OVERHEAD + 56))
         self._first_ok: dict[str, bool] = {}
-        self.record: dict[int, list[int]] | None = None  # slot -> raw token ids, while verifying
+        self.set_budget(cache_bytes)
+
+    def set_budget(self, cache_bytes: int) -> None:
+        """Bound the cache to `cache_bytes` (estimated) and empty it."""
+        self.cache_bytes = int(cache_bytes)
+        self.slot_capacity = max(1, self.cache_bytes // (ENTRY_OVERHEAD + 50))
+        self.arena_capacity = max(1, self.cache_bytes // 4)
         self.clear()
 
     # --- cache state ---------------------------------------------------------------------------------
@@ -231,15 +232,15 @@ class FastPath:
     def clear(self) -> None:
         """Drop every entry and zero the counters."""
         self._index: dict[str, int] = {}
-        self._keys = np.empty(self.capacity, dtype=object)  # slot -> key, or list of keys when aliased
-        # Rows are allocated once at capacity (calloc): pages never written are never resident.
-        self._sums = np.zeros((self.capacity, self.dim), dtype=np.float32)
-        self._raw = np.zeros(self.capacity, dtype=np.int64)
-        self._kept = np.zeros(self.capacity, dtype=np.int64)
-        self._used = np.full(self.capacity, -1, dtype=np.int64)  # generation of last use; -1 = free
-        self._bytes_of = np.zeros(self.capacity, dtype=np.int64)
+        self._keys: list[Any] = []  # slot -> key, or list of keys when aliased; None when free
+        # Preallocated for the bound (calloc): pages never written are never resident.
+        self._start = np.zeros(self.slot_capacity, dtype=np.int64)  # arena offset of the piece's ids
+        self._len = np.zeros(self.slot_capacity, dtype=np.int32)  # token ids, unknown tokens included
+        self._used = np.zeros(self.slot_capacity, dtype=np.int64)  # generation of last use; 0 = free
+        self._bytes_of = np.zeros(self.slot_capacity, dtype=np.int64)
+        self._arena = np.zeros(self.arena_capacity, dtype=np.int32)
+        self._arena_top = 0
         self._free: list[int] = []
-        self._top = 0
         self._gen = 0
         self.bytes = 0
         self.hits = 0
@@ -255,45 +256,67 @@ class FastPath:
         held, estimated bytes held."""
         return self.hits, self.misses, self.entries, self.bytes
 
-    def _evict(self, need_slots: int, need_bytes: int) -> bool:
-        """Make room for `need_slots` new entries of `need_bytes`; never evicts entries of this batch."""
-        free_slots = len(self._free) + (self.capacity - self._top)
-        if free_slots >= need_slots and self.bytes + need_bytes <= self.cache_bytes:
-            return True
-        occupied = np.flatnonzero((self._used >= 0) & (self._used < self._gen))
-        if occupied.size == 0:
-            return False
-        order = occupied[np.argsort(self._used[occupied], kind="stable")]
-        # Enough for this batch, and at least half the entries (amortizes the eviction scan).
-        by_slots = max(need_slots - free_slots, 0)
-        over = self.bytes + need_bytes - self.cache_bytes
-        by_bytes = 0 if over <= 0 else int(np.searchsorted(np.cumsum(self._bytes_of[order]), over)) + 1
-        count = min(order.size, max(by_slots, by_bytes, (int((self._used >= 0).sum()) + 1) // 2))
-        victims = order[:count]
-        index = self._index
-        for k in self._keys[victims].tolist():
-            if isinstance(k, list):
-                for a in k:
-                    del index[a]
-            else:
-                del index[k]
-        self._keys[victims] = None
-        self._used[victims] = -1
-        self.bytes -= int(self._bytes_of[victims].sum())
-        self._bytes_of[victims] = 0
-        self._free.extend(victims.tolist())
-        self.evictions += int(victims.size)
-        free_slots += int(victims.size)
-        return free_slots >= need_slots and self.bytes + need_bytes <= self.cache_bytes
+    def _room(self, slots: int, tokens: int, nbytes: int) -> bool:
+        free_slots = len(self._free) + (self.slot_capacity - len(self._keys))
+        return (free_slots >= slots and self._arena_top + tokens <= self.arena_capacity
+                and self.bytes + nbytes <= self.cache_bytes)
 
-    def _alloc(self, n: int) -> np.ndarray:
+    def _evict(self, slots: int, tokens: int, nbytes: int) -> bool:
+        """Make room for `slots` new entries of `tokens` ids and `nbytes`; never evicts this batch's entries."""
+        if self._room(slots, tokens, nbytes):
+            return True
+        live = np.flatnonzero(self._used[:len(self._keys)] > 0)
+        old = live[self._used[live] < self._gen]
+        if old.size:
+            order = old[np.argsort(self._used[old], kind="stable")]
+            # Enough for this batch, and at least half the entries (amortizes the eviction and compaction).
+            free_slots = len(self._free) + (self.slot_capacity - len(self._keys))
+            need = [max(slots - free_slots, 0), (live.size + 1) // 2]
+            over = self.bytes + nbytes - self.cache_bytes
+            if over > 0:
+                need.append(int(np.searchsorted(np.cumsum(self._bytes_of[order]), over)) + 1)
+            live_tokens = int(self._len[live].sum())
+            over_tokens = live_tokens + tokens - self.arena_capacity
+            if over_tokens > 0:
+                need.append(int(np.searchsorted(np.cumsum(self._len[order]), over_tokens)) + 1)
+            victims = order[:min(order.size, max(need))]
+            index = self._index
+            keys = self._keys
+            for s in victims.tolist():
+                k = keys[s]
+                if isinstance(k, list):
+                    for a in k:
+                        del index[a]
+                else:
+                    del index[k]
+                keys[s] = None
+            self._used[victims] = 0
+            self._len[victims] = 0
+            self.bytes -= int(self._bytes_of[victims].sum())
+            self._bytes_of[victims] = 0
+            self._free.extend(victims.tolist())
+            self.evictions += int(victims.size)
+        self._compact()
+        return self._room(slots, tokens, nbytes)
+
+    def _compact(self) -> None:
+        """Move the live entries' ids to the front of the arena, in arena order."""
+        live = np.flatnonzero(self._used[:len(self._keys)] > 0)
+        live = live[np.argsort(self._start[live], kind="stable")]
+        lengths = self._len[live].astype(np.int64)
+        new_start = np.cumsum(lengths) - lengths
+        self._arena[:int(lengths.sum())] = self._arena[_ranges(self._start[live], lengths)]
+        self._start[live] = new_start
+        self._arena_top = int(lengths.sum())
+
+    def _alloc(self, n: int) -> list[int]:
         take = min(n, len(self._free))
         out = self._free[len(self._free) - take:]
         del self._free[len(self._free) - take:]
-        fresh = n - take
-        out.extend(range(self._top, self._top + fresh))
-        self._top += fresh
-        return np.asarray(out, dtype=np.int64)
+        first = len(self._keys)
+        self._keys.extend([None] * (n - take))
+        out.extend(range(first, first + n - take))
+        return out
 
     # --- filling -------------------------------------------------------------------------------------
 
@@ -308,30 +331,27 @@ class FastPath:
 
     def _strings(self, keys: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
         """Group the pieces of `keys` into a few strings whose tokenization is the concatenation of the
-        pieces' (the same property the fast path relies on): (strings, piece order, global piece starts)."""
+        pieces' (the same property the fast path relies on, and verifies): (strings, the keys' order in
+        them, each piece's start as string index << 32 | character offset)."""
         spaced = self.scheme.spaced
+        n = len(keys)
         if spaced:
             texts = [k[1:] if k[:1] == FIRST else " " + k for k in keys]
-            kinds = np.fromiter((0 if k[:1] == FIRST else 1 for k in keys), dtype=np.int8, count=len(keys))
+            first = np.fromiter((k[:1] == FIRST for k in keys), dtype=bool, count=n)
         else:
             texts = keys
-            kinds = np.ones(len(keys), dtype=np.int8)
-        lens = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+            first = np.zeros(n, dtype=bool)
+        lens = np.fromiter(map(len, texts), dtype=np.int64, count=n)
         # Empty and space-only pieces are tokenized alone; a first word must start its string.
-        if spaced:
-            alone = np.flatnonzero(((kinds == 1) & (lens <= 1)) | ((kinds == 0) & (lens == 0)))
-        else:
-            alone = np.flatnonzero(lens == 0)
-        is_alone = np.zeros(len(keys), dtype=bool)
-        is_alone[alone] = True
-        leads = np.flatnonzero((kinds == 0) & ~is_alone)
-        body = np.flatnonzero((kinds == 1) & ~is_alone)
-        n_body = max(leads.size, -(-body.size // 256)) if body.size else leads.size
+        alone_mask = (lens == 0) | (~first & (lens <= 1)) if spaced else lens == 0
+        alone = np.flatnonzero(alone_mask)
+        leads = np.flatnonzero(first & ~alone_mask)
+        body = np.flatnonzero(~first & ~alone_mask)
+        n_strings = max(leads.size, -(-body.size // 256))
         groups: list[np.ndarray] = []
-        parts = np.array_split(body, n_body) if n_body else []
-        for i in range(n_body):
-            part = parts[i]
-            groups.append(np.concatenate([leads[i:i + 1], part]) if i < leads.size else part)
+        parts = np.array_split(body, n_strings) if n_strings else []
+        for i in range(n_strings):
+            groups.append(np.concatenate([leads[i:i + 1], parts[i]]) if i < leads.size else parts[i])
         groups.extend(alone[i:i + 1] for i in range(alone.size))
         seq = np.concatenate(groups) if groups else np.zeros(0, dtype=np.int64)
         sizes = np.fromiter(map(len, groups), dtype=np.int64, count=len(groups))
@@ -344,59 +364,27 @@ class FastPath:
             pos += size
         step = lens[seq] + len(sep)
         ends = np.cumsum(step)
-        first_of = np.repeat(ends[np.cumsum(sizes) - sizes] - step[np.cumsum(sizes) - sizes], sizes)
-        within = ends - step - first_of
+        heads = np.cumsum(sizes) - sizes
+        within = ends - step - np.repeat(ends[heads] - step[heads], sizes)
         string_of = np.repeat(np.arange(len(groups), dtype=np.int64), sizes)
         return strings, seq, (string_of << 32) + within
 
-    def _fill(self, keys: list[str]) -> np.ndarray:
-        """Tokenize the pieces of `keys` (new, distinct) in bulk; store their sums; return their slots."""
-        slots = self._alloc(len(keys))
-        for start in range(0, len(keys), FILL_CHUNK):
-            part = keys[start:start + FILL_CHUNK]
-            strings, seq, piece_at = self._strings(part)
-            encs = self.tokenizer.encode_batch(strings, add_special_tokens=False)
-            id_lists = [e.ids for e in encs]
-            per_string = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
-            total = int(per_string.sum())
-            ids = np.fromiter(chain.from_iterable(id_lists), dtype=np.int64, count=total)
-            starts = np.fromiter(map(itemgetter(0), chain.from_iterable(e.offsets for e in encs)),
-                                 dtype=np.int64, count=total)
-            token_at = (np.repeat(np.arange(len(strings), dtype=np.int64), per_string) << 32) + starts
-            owner = np.searchsorted(piece_at, token_at, side="right") - 1  # position in seq
-            m = seq.size
-            raw = np.bincount(owner, minlength=m)
-            where = slots[start:start + FILL_CHUNK][seq]
-            if self.record is not None:
-                bounds = np.concatenate([[0], np.cumsum(raw)])
-                for i, s in enumerate(where.tolist()):
-                    self.record[s] = ids[bounds[i]:bounds[i + 1]].tolist()
-            if self.unk_id is not None and ids.size:
-                keep = ids != self.unk_id
-                if not keep.all():
-                    ids, owner = ids[keep], owner[keep]
-            kept = np.bincount(owner, minlength=m)
-            self._raw[where] = raw
-            self._kept[where] = kept
-            self._sums[where] = self._piece_sums(ids, kept)
-        return slots
+    def _tokenize_pieces(self, keys: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Tokenize the pieces of `keys` with one tokenizer call: (ids int32, the keys' order in them, the
+        number of ids of each key in that order)."""
+        strings, seq, piece_at = self._strings(keys)
+        encs = self.tokenizer.encode_batch(strings, add_special_tokens=False)
+        id_lists = [e.ids for e in encs]
+        per_string = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
+        total = int(per_string.sum())
+        ids = np.fromiter(chain.from_iterable(id_lists), dtype=np.int32, count=total)
+        starts = np.fromiter(map(itemgetter(0), chain.from_iterable(e.offsets for e in encs)), dtype=np.int64,
+                             count=total)
+        token_at = (np.repeat(np.arange(len(strings), dtype=np.int64), per_string) << 32) + starts
+        owner = np.searchsorted(piece_at, token_at, side="right") - 1  # position in seq, non-decreasing
+        return ids, seq, np.bincount(owner, minlength=seq.size)
 
-    def _piece_sums(self, ids: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        m = counts.shape[0]
-        if ids.size == 0:
-            return np.zeros((m, self.dim), dtype=np.float32)
-        indptr = np.zeros(m + 1, dtype=np.int64)
-        np.cumsum(counts, out=indptr[1:])
-        data = np.ones(ids.size, dtype=np.float32) if self.weights is None else self.weights[ids]
-        rows = ids if self.mapping is None else self.mapping[ids]
-        if self._direct:
-            out = sp.csr_matrix((data, rows, indptr), shape=(m, self.table.shape[0])) @ self.table
-        else:
-            gathered = self.table[rows].astype(np.float32)
-            out = sp.csr_matrix((data, np.arange(rows.size), indptr), shape=(m, rows.size)) @ gathered
-        return np.asarray(out, dtype=np.float32)
-
-    # --- encoding ------------------------------------------------------------------------------------
+    # --- tokenizing ----------------------------------------------------------------------------------
 
     def gate(self, texts: Sequence[str]) -> np.ndarray | None:
         """Boolean mask of the texts that must take the exact path (None: none of them)."""
@@ -415,13 +403,13 @@ class FastPath:
                     bad = hit if bad is None else bad | hit
         return bad
 
-    def _words(self, texts: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    def words(self, texts: Sequence[str]) -> tuple[list[str], np.ndarray]:
+        """The piece keys of `texts`, flat, and how many belong to each text."""
         if self.scheme.spaced:
             joined = FIRST + (" " + FIRST).join(texts)
         else:
             joined = " ".join(texts)
         if self.scheme.ascii_lower:
-            # The normalizer lowercases: lowercasing ASCII letters first changes nothing but the keys.
             joined = joined.lower() if joined.isascii() else joined.encode().lower().decode()
         per_text = np.fromiter(map(str.count, texts, repeat(" ")), dtype=np.int64, count=len(texts))
         per_text += 1
@@ -429,7 +417,7 @@ class FastPath:
 
     def _resolve(self, words: list[str], slots: np.ndarray) -> int | None:
         """Fill the missing slots of `words` (slots < 0) in place; returns the number of pieces tokenized, or
-        None if the cache cannot hold the batch (nothing changed then but evictions)."""
+        None if the cache cannot hold the batch."""
         miss = np.flatnonzero(slots < 0)
         if miss.size == 0:
             return 0
@@ -445,129 +433,158 @@ class FastPath:
                 else:
                     plain.append(k)
             held = [t for t in dict.fromkeys(aliases.values()) if t in index]
-            if held:  # protect the alias targets already cached from this batch's eviction
+            if held:  # the alias targets already cached belong to this batch now
                 self._used[np.fromiter(map(index.__getitem__, held), np.int64, len(held))] = self._gen
             new = list(dict.fromkeys(plain + [t for t in aliases.values() if t not in index]))
-        key_bytes = np.fromiter(map(sys.getsizeof, new), dtype=np.int64, count=len(new))
-        key_bytes += self.row_bytes + ENTRY_OVERHEAD
+        key_bytes = np.fromiter(map(sys.getsizeof, new), dtype=np.int64, count=len(new)) + ENTRY_OVERHEAD
         alias_bytes = sum(map(sys.getsizeof, aliases))
-        need_bytes = int(key_bytes.sum()) + alias_bytes
-        if not self._evict(len(new), need_bytes):
-            return None
-        filled = self._fill(new) if new else np.zeros(0, dtype=np.int64)
-        index.update(zip(new, filled.tolist(), strict=True))
-        keys = self._keys
         if new:
-            keys[filled] = np.array(new, dtype=object)
-        self._bytes_of[filled] = key_bytes
+            ids, seq, lengths = self._tokenize_pieces(new)
+        else:
+            ids, seq, lengths = np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        need = int(key_bytes.sum()) + alias_bytes + 4 * ids.size
+        if not self._evict(len(new), ids.size, need):
+            return None
+        slots_new = self._alloc(len(new))
+        filled = np.asarray(slots_new, dtype=np.int64)
+        where = filled[seq]
+        top = self._arena_top
+        self._arena[top:top + ids.size] = ids
+        self._start[where] = top + np.cumsum(lengths) - lengths
+        self._len[where] = lengths
+        self._arena_top = top + ids.size
+        keys = self._keys
+        for k, s in zip(new, slots_new, strict=True):
+            keys[s] = k
+        index.update(zip(new, slots_new, strict=True))
+        self._bytes_of[filled] = key_bytes + 4 * self._len[filled].astype(np.int64)
+        self._used[filled] = self._gen
         for a, target in aliases.items():
             s = index[target]
             index[a] = s
             held_keys = keys[s]
             keys[s] = [*held_keys, a] if isinstance(held_keys, list) else [held_keys, a]
             self._bytes_of[s] += sys.getsizeof(a)
-        self._used[filled] = self._gen
-        self.bytes += need_bytes
+        self.bytes += int(self._bytes_of[filled].sum()) + alias_bytes
         slots[miss] = np.fromiter(map(index.__getitem__, missing), dtype=np.int64, count=len(missing))
         return len(new)
 
-    def pool(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(means float32 [n, dim], kept token counts, exact mask) for gated-in texts; rows under the exact
-        mask are not computed (the caller encodes those texts with the exact path)."""
+    def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(flat token ids int64, count per text, exact mask): the ids `Encoder.tokenize` would give, after
+        truncation to max_length and unknown-token removal, for every text not under the exact mask (those
+        have no ids and count 0; the caller tokenizes them with the exact path)."""
         n = len(texts)
         if n == 0:
-            return np.zeros((0, self.dim), np.float32), np.zeros(0, np.int64), np.zeros(0, bool)
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool)
         bad = self.gate(texts)
         if bad is None or not bad.any():
-            return self._pool_ok(list(texts))
-        out = np.zeros((n, self.dim), dtype=np.float32)
+            return self._tokenize_ok(list(texts))
         counts = np.zeros(n, dtype=np.int64)
         exact = bad.copy()
         pos = np.flatnonzero(~bad)
-        if pos.size:
-            out[pos], counts[pos], exact[pos] = self._pool_ok(_take(texts, pos.tolist()))
-        return out, counts, exact
+        if pos.size == 0:
+            return np.zeros(0, np.int64), counts, exact
+        flat, c, e = self._tokenize_ok(_take(texts, pos.tolist()))
+        counts[pos] = c
+        exact[pos] = e
+        return flat, counts, exact
 
-    def _pool_ok(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _tokenize_ok(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n = len(texts)
         self._gen += 1
-        words, per_text = self._words(texts)
+        words, per_text = self.words(texts)
         index = self._index
         slots = np.fromiter(map(index.get, words, repeat(-1)), dtype=np.int64, count=len(words))
         self._used[slots[slots >= 0]] = self._gen
         tokenized = self._resolve(words, slots)
         if tokenized is None:
-            # The batch needs more distinct pieces than the cache holds: halves, down to the exact path.
+            # The batch needs more than the cache holds: halves, down to the exact path for one text.
             if n == 1:
-                return (np.zeros((1, self.dim), np.float32), np.zeros(1, np.int64), np.ones(1, dtype=bool))
+                return np.zeros(0, np.int64), np.zeros(1, np.int64), np.ones(1, dtype=bool)
             h = n // 2
-            a, b = self._pool_ok(texts[:h]), self._pool_ok(texts[h:])
-            return (np.concatenate([a[0], b[0]]), np.concatenate([a[1], b[1]]), np.concatenate([a[2], b[2]]))
+            a, b = self._tokenize_ok(texts[:h]), self._tokenize_ok(texts[h:])
+            return np.concatenate([a[0], b[0]]), np.concatenate([a[1], b[1]]), np.concatenate([a[2], b[2]])
         self.misses += tokenized
         self.hits += len(words) - tokenized
-        indptr = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(per_text, out=indptr[1:])
-        starts = indptr[:-1]
-        kept = np.add.reduceat(self._kept[slots], starts)
-        m = sp.csr_matrix((np.ones(slots.size, dtype=np.float32), slots, indptr), shape=(n, self.capacity))
-        out = np.ascontiguousarray(m @ self._sums, dtype=np.float32)
-        out /= np.maximum(kept, 1).astype(np.float32)[:, None]
-        if self.max_length is None:
-            return out, kept, np.zeros(n, dtype=bool)
-        raw = np.add.reduceat(self._raw[slots], starts)
-        return out, kept, raw > self.max_length
+        lengths = self._len[slots].astype(np.int64)
+        ids = self._arena[_ranges(self._start[slots], lengths)].astype(np.int64)
+        word_end = np.cumsum(per_text)
+        raw = np.add.reduceat(lengths, word_end - per_text)  # every text has at least one word
+        keep: np.ndarray | None = None
+        if self.max_length is not None and int(raw.max()) > self.max_length:
+            # Truncation keeps each text's first max_length tokens, unknown tokens included.
+            text_start = np.cumsum(raw) - raw
+            keep = np.arange(ids.size) - np.repeat(text_start, raw) < self.max_length
+        if self.unk_id is not None:
+            known = ids != self.unk_id
+            if not known.all():
+                keep = known if keep is None else keep & known
+        if keep is None:
+            return ids, raw, np.zeros(n, dtype=bool)
+        owner = np.repeat(np.arange(n), raw)[keep]
+        return ids[keep], np.bincount(owner, minlength=n).astype(np.int64), np.zeros(n, dtype=bool)
 
     # --- verification --------------------------------------------------------------------------------
 
     def piece_ids(self, text: str) -> list[int] | None:
-        """The raw token ids the fast path assigns to `text` (recorded while verifying); None if gated out."""
-        assert self.record is not None
+        """The untruncated token ids the cache holds for `text`'s pieces; None if gated out or not cached."""
         bad = self.gate([text])
         if bad is not None and bad[0]:
             return None
-        words, _ = self._words([text])
+        words, _ = self.words([text])
         slots = np.fromiter(map(self._index.get, words, repeat(-1)), dtype=np.int64, count=len(words))
         if (slots < 0).any():
             return None
-        return list(chain.from_iterable(self.record.get(int(s), []) for s in slots.tolist()))
+        return self._arena[_ranges(self._start[slots], self._len[slots].astype(np.int64))].tolist()
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenated aranges: start[i] .. start[i] + length[i] for every i, without a Python loop."""
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    ends = np.cumsum(lengths)
+    return np.repeat(starts - (ends - lengths), lengths) + np.arange(total)
 
 
 @dataclass
 class Verification:
     """The result of a self-check: `ok`, or why not; how many texts ran and how many took the fast path;
-    the largest vector difference and how many texts differed by more than 1e-6 (allowed only within the
-    float32 rounding bound of the exact path's own summation)."""
+    the largest difference between the two paths' vectors (the same ids give bit-identical vectors: 0)."""
 
     ok: bool
     reason: str
     texts: int
     fast_texts: int
     max_abs_diff: float
-    over_1e6: int
     seconds: float
 
 
 def verify(fast: FastPath, texts: Sequence[str], *, exact_encode: Callable[[Sequence[str]], np.ndarray],
            fast_encode: Callable[[Sequence[str]], np.ndarray], cut: Callable[[Sequence[str]], list[str]],
-           rounding_bound: Callable[[Sequence[str]], np.ndarray], tol: float = 1e-6) -> Verification:
-    """Run `texts` through both paths and require, for every text the fast path takes, the same token ids as
-    the tokenizer gives the whole text, and for every text vectors within max(tol, rounding bound): the
-    paths add the same float32 rows in a different order, so they may differ by the worst-case float32
-    summation error (`rounding_bound`, per text), which exceeds 1e-6 only for long runs of repeated
-    tokens. Leaves the cache empty and the counters at zero."""
+           tol: float = 1e-6) -> Verification:
+    """Run `texts` through both paths and require, for every text the fast path takes, the same (untruncated)
+    token ids as the tokenizer gives the whole text, and vectors within `tol` of the exact path's for every
+    text. Leaves the cache empty and the counters at zero."""
     t0 = time.perf_counter()
     texts = [t for t in texts if isinstance(t, str)]
-    fast.clear()
-    fast.record = {}
+    budget = fast.cache_bytes
+    fast.set_budget(max(budget, CHECK_BUDGET))  # the check is about tokens, whatever the configured bound
 
-    def result(ok: bool, reason: str, n_fast: int, diff: float = float("nan"), over: int = 0) -> Verification:
-        return Verification(ok, reason, len(texts), n_fast, diff, over, time.perf_counter() - t0)
+    def result(ok: bool, reason: str, n_fast: int, diff: float = float("nan")) -> Verification:
+        return Verification(ok, reason, len(texts), n_fast, diff, time.perf_counter() - t0)
 
     try:
         got = fast_encode(texts)
         expected = exact_encode(texts)
         cut_texts = cut(texts)
-        reference = fast.tokenizer.encode_batch(cut_texts, add_special_tokens=False)
+        truncation = fast.reference.truncation
+        fast.reference.no_truncation()
+        try:
+            reference = fast.reference.encode_batch(cut_texts, add_special_tokens=False)
+        finally:
+            if truncation is not None:
+                fast.reference.enable_truncation(**truncation)
         n_fast = 0
         for i, (text, ref) in enumerate(zip(cut_texts, reference, strict=True)):
             ids = fast.piece_ids(text)
@@ -579,20 +596,14 @@ def verify(fast: FastPath, texts: Sequence[str], *, exact_encode: Callable[[Sequ
                               f"the whole text to {ref.ids[:12]}", n_fast)
         if n_fast == 0:
             return result(False, "no self-check text took the fast path", 0)
-        if not texts:
-            return result(True, "", n_fast, 0.0)
-        per_text = np.abs(got - expected).max(axis=1)
-        allowed = np.maximum(tol, rounding_bound(texts))
-        diff = float(per_text.max())
-        over = int((per_text > tol).sum())
-        if not np.isfinite(per_text).all() or (per_text > allowed).any():
-            worst = int(np.argmax(per_text - allowed))
-            return result(False, f"self-check text {worst} {texts[worst][:60]!r}: vectors differ by "
-                          f"{per_text[worst]:.3g} > {allowed[worst]:.3g}", n_fast, diff, over)
-        return result(True, "", n_fast, diff, over)
+        diff = float(np.abs(got - expected).max()) if got.size else 0.0
+        if not np.isfinite(diff) or diff > tol:
+            worst = int(np.abs(got - expected).max(axis=1).argmax())
+            return result(False, f"self-check text {worst} {texts[worst][:60]!r}: vectors differ by {diff:.3g}",
+                          n_fast, diff)
+        return result(True, "", n_fast, diff)
     finally:
-        fast.record = None
-        fast.clear()
+        fast.set_budget(budget)
 
 
 # --- the built-in self-check corpus ----------------------------------------------------------------------
