@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from model2vec import StaticModel
 from test_encoder import TEXTS
-from tokenizers import Tokenizer, normalizers, pre_tokenizers
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
-from modelfactory import WORDS, build_tokenizer, sample_texts
+from modelfactory import WORDS, build_tokenizer, corpus, sample_texts
 from worker import encoder as encoder_module
 from worker.bench.synthetic import write_model
 from worker.encoder import Encoder
@@ -189,6 +189,101 @@ def test_property_printable_texts_take_the_fast_path(encoders, kind, texts):
     assert_same(fast, exact, texts)
 
 
+# --- other tokenizer layouts ---------------------------------------------------------------------------------
+
+
+def _spm_bpe(prepend: str) -> Tokenizer:
+    """A SentencePiece-style BPE: trained on Metaspace words, so no token joins a word to a following space."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme=prepend)
+    tok.train_from_iterator(corpus(), trainer=trainers.BpeTrainer(vocab_size=800, special_tokens=["<pad>", "<unk>"],
+                                                                  show_progress=False))
+    return tok
+
+
+def _gemma_like() -> Tokenizer:
+    tok = _spm_bpe("never")
+    tok.pre_tokenizer = None
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    return tok
+
+
+def _llama_like() -> Tokenizer:
+    tok = _spm_bpe("always")
+    tok.pre_tokenizer = None
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    return tok
+
+
+def _metaspace_unsplit() -> Tokenizer:
+    tok = _spm_bpe("first")
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first", split=False)
+    return tok
+
+
+def _changed(kind, change):
+    def make() -> Tokenizer:
+        tok = build_tokenizer(kind)
+        change(tok)
+        return tok
+    return make
+
+
+N, P = normalizers, pre_tokenizers
+VARIANTS = {
+    "bert-cased": _changed("wordpiece", lambda t: setattr(t, "normalizer", N.BertNormalizer(lowercase=False))),
+    "wordpiece-whitespace": _changed("wordpiece", lambda t: setattr(t, "pre_tokenizer", P.Whitespace())),
+    "wordpiece-split-punct-digits": _changed("wordpiece", lambda t: setattr(t, "pre_tokenizer", P.Sequence(
+        [P.WhitespaceSplit(), P.Punctuation(), P.Digits(individual_digits=True)]))),
+    "metaspace-first": _changed("unigram", lambda t: setattr(t, "pre_tokenizer", P.Metaspace(prepend_scheme="first"))),
+    "metaspace-never": _changed("unigram", lambda t: setattr(t, "pre_tokenizer", P.Metaspace(prepend_scheme="never"))),
+    "metaspace-lowercase": _changed("unigram", lambda t: setattr(t, "normalizer", N.Sequence(
+        [N.NFKC(), N.Lowercase()]))),
+    "whitespace-split-metaspace": _changed("unigram", lambda t: setattr(t, "pre_tokenizer", P.Sequence(
+        [P.WhitespaceSplit(), P.Metaspace()]))),
+    "bytelevel-prefix-space": _changed("bpe", lambda t: setattr(t, "pre_tokenizer", P.ByteLevel(
+        add_prefix_space=True))),
+    "bytelevel-nfc-lowercase": _changed("bpe", lambda t: setattr(t, "normalizer", N.Sequence(
+        [N.NFC(), N.Lowercase()]))),
+    "gemma-like whole-text BPE": _gemma_like,
+    "llama-like whole-text BPE": _llama_like,
+    "metaspace split=false BPE": _metaspace_unsplit,
+}
+_VARIANT_ENCODERS: dict[str, tuple[Encoder, Encoder, StaticModel]] = {}
+
+
+@pytest.fixture(scope="module")
+def variant_encoders(tmp_path_factory):
+    def get(name: str):
+        if name not in _VARIANT_ENCODERS:
+            folder = write_model(tmp_path_factory.mktemp("variant"), VARIANTS[name](), dim=16, weights=True)
+            fast, exact = pair(folder, max_length=64)
+            _VARIANT_ENCODERS[name] = (fast, exact, StaticModel.from_pretrained(str(folder), max_length=64))
+        return _VARIANT_ENCODERS[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(st.one_of(_TEXT, _PRINTABLE_TEXT), min_size=1, max_size=6))
+def test_property_other_layouts(variant_encoders, name, texts):
+    fast, exact, ref = variant_encoders(name)
+    assert fast.fast_path_status == "on", fast.fast_path_status
+    got = assert_same(fast, exact, texts)
+    assert np.abs(got - ref.encode(texts, use_multiprocessing=False)).max() <= 1e-6
+
+
+def test_whole_text_bpe_whose_tokens_cross_spaces_is_off(tmp_path):
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.normalizer = normalizers.Replace(" ", "\u2581")  # trained without pre-tokenizer: merges cross words
+    tok.train_from_iterator(corpus(), trainer=trainers.BpeTrainer(vocab_size=800, special_tokens=["<unk>"],
+                                                                  show_progress=False))
+    enc = Encoder(load_model(write_model(tmp_path / "m", tok, dim=16)))
+    assert enc.fast_path_status.startswith("off: BPE over a whole text whose vocabulary token")
+    assert "joins a character to the space after it" in enc.fast_path_status
+
+
 # --- self-check at load -------------------------------------------------------------------------------------
 
 
@@ -206,6 +301,7 @@ def _custom_model(tmp_path, kind, change):
     ("unigram", lambda t: setattr(t, "pre_tokenizer", pre_tokenizers.Metaspace(split=False)),
      "Metaspace with split=false"),
     ("bpe", lambda t: setattr(t, "pre_tokenizer", None), "no pre-tokenizer"),
+    ("unigram", lambda t: setattr(t, "pre_tokenizer", None), "no pre-tokenizer"),
     ("bpe", lambda t: setattr(t, "normalizer", normalizers.NFKC()), "normalizer NFKC is not implemented"),
     ("wordpiece", lambda t: t.add_tokens(["kafka topic"]), "is matched after normalization"),
 ])

@@ -2,9 +2,9 @@
 
 For short texts tokenization is most of the encoder's time (see docs/benchmarks.md), and most of the words
 in a stream repeat. For the tokenizers this module accepts (BERT-style whitespace + punctuation splitting,
-SentencePiece `Metaspace`, GPT-2 byte-level BPE), the tokens of a text are the concatenation of the tokens
-of its *pieces*, and each piece's tokens depend on that piece only. A piece is cut from the raw text at a
-space:
+SentencePiece `Metaspace`, GPT-2 byte-level BPE, SentencePiece BPE over whole texts), the tokens of a text are
+the concatenation of the tokens of its *pieces*, and each piece's tokens depend on that piece only. A piece is
+cut from the raw text at a space:
 
 * **words** (the pre-tokenizer drops whitespace: BertPreTokenizer, Whitespace, WhitespaceSplit):
   `text.split(" ")`; the piece is the word.
@@ -13,6 +13,10 @@ space:
   `" " + word`. Where the model treats both alike (Metaspace prepend_scheme always/first, ByteLevel
   add_prefix_space) and the word's first character does not normalize to whitespace, the first-word key is
   an alias of the other one (one tokenization, one entry).
+* **whole-text BPE** (SentencePiece BPE as converted for Gemma and Llama: no pre-tokenizer, or Metaspace with
+  split=false; spaces become "\u2581" and BPE runs over the whole text): accepted only if no vocabulary token
+  joins a character to a "\u2581" after it, so that no merge crosses a word boundary; pieces as above (spaced, or
+  words when a Prepend normalizer gives every word its marker).
 * Where the normalizer lowercases everything (uncased BERT), keys are lowercased (ASCII letters only, which
   no normalizer step can tell apart from their lowercase), so "The" and "the" share an entry.
 
@@ -27,8 +31,10 @@ vectors are bit-identical to the exact path's (and to model2vec's).
 
 A text takes the exact path instead when the fast path cannot prove it handles it: any character that is
 not printable (all whitespace but " ", controls, format characters such as ZWJ, unassigned code points),
-an added/special token's content anywhere in it, or a run of spaces where the pre-tokenizer splits runs
-with a look-ahead (byte-level BPE).
+an added/special token's content anywhere in it, a run of spaces where the pre-tokenizer splits runs with a
+look-ahead (byte-level BPE, whole-text BPE), a literal "\u2581" (whole-text BPE) or a space at either end
+(whole-text BPE with a Prepend normalizer). model2vec's character pre-cut and the truncation to `max_length`
+tokens are applied by the fast path itself (the cut before splitting, the truncation on the gathered ids).
 
 Everything here is checked when a model loads: `verify` runs a built-in multilingual corpus (plus a user's
 file) through both paths and requires, per text, the same token ids as the tokenizer gives the whole text,
@@ -88,6 +94,8 @@ class Scheme:
     replacement: str  # Metaspace's replacement character (a first word must not start with it to be aliased)
     description: str
     ascii_lower: bool = False  # the normalizer lowercases everything: keys are lowercased (ASCII letters only)
+    edge_spaces: bool = True  # a text may start or end with a space (else it takes the exact path)
+    gate_chars: tuple[str, ...] = ()  # a text containing one of these takes the exact path
 
 
 def _normalizer_types(node: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -141,8 +149,8 @@ def _analyze(spec: dict[str, Any]) -> Scheme:
             raise FastPathUnsupported(f"added token {added.get('content')!r} is matched after normalization")
     normalizer = spec.get("normalizer")
     pre = spec.get("pre_tokenizer")
-    if pre is None:
-        raise FastPathUnsupported("no pre-tokenizer: a whole text is one piece")
+    if pre is None or (pre.get("type") == "Metaspace" and not pre.get("split", True)):
+        return _whole_text_bpe(model, normalizer, pre)
     steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
     if not steps:
         raise FastPathUnsupported("empty pre-tokenizer sequence")
@@ -176,6 +184,55 @@ def _analyze(spec: dict[str, Any]) -> Scheme:
         return Scheme(spaced=True, space_runs=False, first_alias=prefix, replacement=" ",
                       description=f"spaced: ByteLevel add_prefix_space={prefix}")
     raise FastPathUnsupported(f"pre-tokenizer {t0} is not implemented by the fast path")
+
+
+def _whole_text_bpe(model: dict[str, Any], normalizer: dict[str, Any] | None, pre: dict[str, Any] | None) -> Scheme:
+    """SentencePiece BPE as converted for Gemma or Llama: no pre-tokenizer, spaces become a marker ("\u2581"), and
+    BPE runs over the whole text. Its pieces are still independent if no vocabulary token joins a character to
+    a marker after it (then no merge ever crosses "x|\u2581"); the cut is before a space that follows a
+    non-space, so runs of spaces and literal markers take the exact path."""
+    if model.get("type") != "BPE":
+        raise FastPathUnsupported("no pre-tokenizer: a whole text is one piece" if pre is None else
+                                  "Metaspace with split=false: a whole text is one piece")
+    if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
+        raise FastPathUnsupported("BPE over a whole text with a subword prefix or an end-of-word suffix")
+    steps = _normalizer_types(normalizer)
+
+    def space_to(n: dict[str, Any]) -> str | None:
+        pattern = n.get("pattern") or {}
+        if n.get("type") == "Replace" and isinstance(pattern, dict) and pattern.get("String") == " ":
+            content = str(n.get("content", ""))
+            return content if len(content) == 1 and not content.isspace() else None
+        return None
+
+    if pre is None:
+        mark = space_to(steps[-1]) if steps else None
+        if mark is not None and len(steps) == 1:  # Gemma: "a b" -> "a\u2581b"
+            scheme = Scheme(spaced=True, space_runs=False, first_alias=False, replacement=mark,
+                            description="spaced: whole-text BPE, Replace(' ')", gate_chars=(mark,))
+        elif (mark is not None and len(steps) == 2 and steps[0].get("type") == "Prepend"
+              and steps[0].get("prepend") == mark):  # Llama: "a b" -> "\u2581a\u2581b"; every word alike
+            scheme = Scheme(spaced=False, space_runs=False, first_alias=False, replacement=mark,
+                            description="words: whole-text BPE, Prepend + Replace(' ')", edge_spaces=False,
+                            gate_chars=(mark,))
+        else:
+            raise FastPathUnsupported("no pre-tokenizer: a whole text is one piece")
+    else:
+        _check_normalizer(normalizer, _NO_SPACE_NORMALIZERS)
+        mark = str(pre.get("replacement", "\u2581"))
+        prepend = pre.get("prepend_scheme", "always" if pre.get("add_prefix_space", True) else "never")
+        scheme = Scheme(spaced=True, space_runs=False, first_alias=prepend in ("always", "first"), replacement=mark,
+                        description=f"spaced: whole-text BPE, Metaspace(split=false, prepend_scheme={prepend})",
+                        gate_chars=(mark,))
+    vocab = model.get("vocab") or {}
+    for token in vocab:
+        at = token.find(mark, 1)
+        while at > 0:
+            if token[at - 1] != mark:
+                raise FastPathUnsupported(f"BPE over a whole text whose vocabulary token {token!r} joins a "
+                                          "character to the space after it")
+            at = token.find(mark, at + 1)
+    return scheme
 
 
 def added_contents(tokenizer: Tokenizer) -> tuple[str, ...]:
@@ -366,6 +423,9 @@ class FastPath:
         ends = np.cumsum(step)
         heads = np.cumsum(sizes) - sizes
         within = ends - step - np.repeat(ends[heads] - step[heads], sizes)
+        if sep:  # the separating space belongs to the next piece (its token, if any, starts there)
+            within -= len(sep)
+            within[heads] = 0
         string_of = np.repeat(np.arange(len(groups), dtype=np.int64), sizes)
         return strings, seq, (string_of << 32) + within
 
@@ -392,9 +452,13 @@ class FastPath:
         bad: np.ndarray | None = None
         if not all(map(str.isprintable, texts)):
             bad = ~np.fromiter(map(str.isprintable, texts), dtype=bool, count=n)
-        probes = list(self.contents)
+        probes = list(self.contents) + list(self.scheme.gate_chars)
         if not self.scheme.space_runs:
             probes.append("  ")
+        if not self.scheme.edge_spaces:
+            edge = np.fromiter((t[:1] == " " or t[-1:] == " " for t in texts), dtype=bool, count=n)
+            if edge.any():
+                bad = edge if bad is None else bad | edge
         if probes:
             joined = "\n".join(texts)  # "\n" is in no printable text and in no probe
             for p in probes:
