@@ -52,7 +52,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *,
     health.model_loaded = True
     m = encoder.model
     metrics.set_model(name=name, dim=m.dim, vocab_size=m.vocab_size, dtype=m.dtype, table_bytes=m.table_bytes,
-                      fast_path="off")
+                      fast_path=encoder.fast_path_status)
     metrics.update_memory()
     pipeline = Pipeline(settings, encoder, name, metrics, health)
     if install_signals and threading.current_thread() is threading.main_thread():

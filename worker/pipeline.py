@@ -172,6 +172,7 @@ class Pipeline:
         self.assigned: set[tuple[str, int]] = set()
         self.paused = False
         self.lag_total = 0
+        self._cache_seen = (0, 0)
         self._held: list[Message] = []
         self._last_error_log: dict[str, float] = {}
         self.transactional = settings.processing_guarantee == ProcessingGuarantee.exactly_once
@@ -506,11 +507,22 @@ class Pipeline:
             vectors = enc.vectors
         else:
             records, vectors, enc = self._embed_chunks(dec, payloads)
+        self._cache_metrics()
         tokens = int(enc.token_counts.sum())
         m.tokens.inc(tokens)
         m.batch_tokens.observe(tokens)
         m.embedded.inc(len(dec.texts))
         return records, vectors
+
+    def _cache_metrics(self) -> None:
+        """Fast-path cache counters and size, from the encoder's cumulative stats."""
+        hits, misses, entries, nbytes = self.encoder.fast_path_stats()
+        last_hits, last_misses = self._cache_seen
+        self.metrics.cache_hits.inc(max(0, hits - last_hits))
+        self.metrics.cache_misses.inc(max(0, misses - last_misses))
+        self.metrics.cache_entries.set(entries)
+        self.metrics.cache_bytes.set(nbytes)
+        self._cache_seen = (hits, misses)
 
     def _payloads(self, dec: Decoded) -> list[dict[str, Any] | None]:
         if not self.outputs.wants_payload:

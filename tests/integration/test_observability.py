@@ -84,6 +84,11 @@ def test_metrics_equal_the_real_counts_and_lag_drains_to_zero(bootstrap, topics,
     assert m["embedstream_model_table_bytes"] == 600 * 32 * 4
     assert m["embedstream_process_pss_bytes"] > 0 and "process_cpu_seconds_total" in m
     assert ready[0] == 200 and healthy[0] == 200
+    # The fast path's cache is visible when it is on (it verifies on the test model).
+    info = next(k for k in m if k.startswith("embedstream_model_info{"))
+    assert 'fast_path="on"' in info, info
+    assert m["embedstream_fastpath_cache_hits_total"] + m["embedstream_fastpath_cache_misses_total"] > 0
+    assert m["embedstream_fastpath_cache_entries"] > 0 and m["embedstream_fastpath_cache_bytes"] > 0
 
 
 def test_readyz_follows_the_broker_and_nothing_is_lost_across_an_outage(private_broker, small_model, tmp_path):
