@@ -118,11 +118,15 @@ def test_gated_texts_take_the_exact_path(model_factory):
     fast, exact = pair(model_factory("wordpiece"))
     fp = fast._fast
     assert fp is not None
-    bad = fp.gate(["ok text", "tab\there", "has [UNK] inside", "nbsp\u00a0x", "zwj 👨‍👩‍👧", "fine 東京"])
-    assert bad is not None and bad.tolist() == [False, True, True, True, True, False]
-    assert_same(fast, exact, ["ok text", "tab\there", "has [UNK] inside"])
-    bpe, _ = pair(model_factory("bpe"))
-    assert bpe._fast is not None and bpe._fast.gate(["a  b", "a b"]).tolist() == [True, False]
+    texts = ["ok text", "tab\there", "has [UNK] inside", "nbsp\u00a0x", "zwj 👨‍👩‍👧", "fine 東京", "nul\x00x"]
+    bad = fp.gate(texts)
+    assert bad is not None and bad.tolist() == [False, False, True, False, False, False, True]
+    assert_same(fast, exact, texts)
+    bpe, bpe_exact = pair(model_factory("bpe"))
+    texts = ["a  b", "a b", "a\n b", "a \nb", "a\t\tb", "a\u00a0 b", " a", "a "]
+    assert bpe._fast is not None and bpe._fast.gate(texts).tolist() == [True, False, True, False, False, True,
+                                                                         False, False]
+    assert_same(bpe, bpe_exact, texts)
     uni, _ = pair(model_factory("unigram"))
     assert uni._fast is not None and uni._fast.gate(["a  b", "a b"]) is None  # Metaspace: every space splits
 
@@ -186,6 +190,18 @@ def test_property_printable_texts_take_the_fast_path(encoders, kind, texts):
     bad = fast._fast.gate(texts)
     if kind != "bpe":  # byte-level BPE leaves runs of spaces to the exact path
         assert bad is None or not bad.any()
+    assert_same(fast, exact, texts)
+
+
+@pytest.mark.parametrize("kind", ["unigram", "wordpiece"])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(_TEXT.filter(lambda t: not any(s in t for s in ("[", "<", "\x00"))), min_size=1, max_size=6))
+def test_property_any_whitespace_takes_the_fast_path(encoders, kind, texts):
+    """Tabs, newlines, NBSP, ideographic spaces, controls: inside a piece, the tokenizer handles them."""
+    fast, exact, _ = encoders(kind)
+    assert fast._fast is not None
+    bad = fast._fast.gate(texts)
+    assert bad is None or not bad.any()
     assert_same(fast, exact, texts)
 
 
@@ -399,7 +415,7 @@ def test_counters(model_factory):
     assert (hits, misses, entries) == (1, 2, 2) and nbytes > 0
     fast.encode(["Kafka LATENCY"])  # an uncased model: ASCII case does not make a new piece
     assert fast.fast_path_stats()[:3] == (3, 2, 2)
-    fast.encode(["throughput", "tab\there"])  # the second text takes the exact path: no lookup
+    fast.encode(["throughput", "has [UNK] inside"])  # the second text takes the exact path: no lookup
     assert fast.fast_path_stats()[:3] == (3, 3, 3)
 
 

@@ -29,11 +29,12 @@ numpy (no per-piece Python), truncated to `max_length` tokens per text and strip
 the encoder pools them exactly as it pools the tokenizer's ids. Same ids, same pooling code: the fast path's
 vectors are bit-identical to the exact path's (and to model2vec's).
 
-A text takes the exact path instead when the fast path cannot prove it handles it: any character that is
-not printable (all whitespace but " ", controls, format characters such as ZWJ, unassigned code points),
-an added/special token's content anywhere in it, a run of spaces where the pre-tokenizer splits runs with a
-look-ahead (byte-level BPE, whole-text BPE), a literal "\u2581" (whole-text BPE) or a space at either end
-(whole-text BPE with a Prepend normalizer). model2vec's character pre-cut and the truncation to `max_length`
+Only the space (U+0020) cuts pieces; any other character, whitespace or not, stays inside its piece and is
+handled there by the real tokenizer. A text takes the exact path instead when the fast path cannot prove it
+handles it: an added/special token's content anywhere in it, the key marker "\\0", a space after other
+whitespace (byte-level BPE, whose regex joins whitespace runs with a look-ahead), a run of spaces (byte-level
+and whole-text BPE), a literal "\u2581" (whole-text BPE) or a space at either end (whole-text BPE with a
+Prepend normalizer). model2vec's character pre-cut and the truncation to `max_length`
 tokens are applied by the fast path itself (the cut before splitting, the truncation on the gathered ids).
 
 Everything here is checked when a model loads: `verify` runs a built-in multilingual corpus (plus a user's
@@ -52,6 +53,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -66,7 +68,8 @@ from tokenizers import Tokenizer
 log = logging.getLogger(__name__)
 
 CHECK_BUDGET = 64 * 1024 * 1024  # cache bound while self-checking (preallocated lazily: only used pages count)
-FIRST = "\x00"  # key prefix of a text's first word ("spaced" schemes); never in a printable text
+FIRST = "\x00"  # key prefix of a text's first word ("spaced" schemes); a text containing it takes the exact path
+_WHITESPACE_SPACE = re.compile(r"\s ")  # whitespace then a space: byte-level BPE's regex may join them
 ENTRY_OVERHEAD = 112  # bytes per entry beyond its key string(s) and ids: dict entry, slot arrays, list slot
 
 # Normalizers that act on each character (or on a run of characters between two starters) only, so that
@@ -89,12 +92,13 @@ class Scheme:
     """How a raw text is cut into pieces for one tokenizer."""
 
     spaced: bool  # pieces keep their leading space (Metaspace, ByteLevel); else spaces are dropped (words)
-    space_runs: bool  # every space is a piece boundary, also inside runs of spaces
+    space_runs: bool  # every space is a piece boundary, also inside runs of spaces (else runs take the exact path)
     first_alias: bool  # a first word tokenizes like " " + word unless its first character normalizes to space
     replacement: str  # Metaspace's replacement character (a first word must not start with it to be aliased)
     description: str
     ascii_lower: bool = False  # the normalizer lowercases everything: keys are lowercased (ASCII letters only)
     edge_spaces: bool = True  # a text may start or end with a space (else it takes the exact path)
+    space_after_whitespace: bool = True  # a space may follow other whitespace ("\n "; else: exact path)
     gate_chars: tuple[str, ...] = ()  # a text containing one of these takes the exact path
 
 
@@ -145,7 +149,7 @@ def _analyze(spec: dict[str, Any]) -> Scheme:
     if kind == "BPE" and model.get("dropout") not in (None, 0, 0.0):
         raise FastPathUnsupported("BPE dropout makes tokenization random")
     for added in spec.get("added_tokens") or []:
-        if added.get("normalized") and str(added.get("content", "")).isprintable():
+        if added.get("normalized") and added.get("content") and spec.get("normalizer") is not None:
             raise FastPathUnsupported(f"added token {added.get('content')!r} is matched after normalization")
     normalizer = spec.get("normalizer")
     pre = spec.get("pre_tokenizer")
@@ -182,7 +186,7 @@ def _analyze(spec: dict[str, Any]) -> Scheme:
         _check_normalizer(normalizer, _NO_SPACE_NORMALIZERS)
         prefix = bool(first.get("add_prefix_space", False))
         return Scheme(spaced=True, space_runs=False, first_alias=prefix, replacement=" ",
-                      description=f"spaced: ByteLevel add_prefix_space={prefix}")
+                      description=f"spaced: ByteLevel add_prefix_space={prefix}", space_after_whitespace=False)
     raise FastPathUnsupported(f"pre-tokenizer {t0} is not implemented by the fast path")
 
 
@@ -236,9 +240,9 @@ def _whole_text_bpe(model: dict[str, Any], normalizer: dict[str, Any] | None, pr
 
 
 def added_contents(tokenizer: Tokenizer) -> tuple[str, ...]:
-    """The printable contents of added tokens: a text containing one takes the exact path."""
+    """The contents of added tokens: a text containing one takes the exact path."""
     decoder = tokenizer.get_added_tokens_decoder()
-    return tuple(sorted({t.content for t in decoder.values() if t.content and t.content.isprintable()}))
+    return tuple(sorted({t.content for t in decoder.values() if t.content}))
 
 
 def _take(seq: Sequence[str], positions: list[int]) -> list[str]:
@@ -450,21 +454,26 @@ class FastPath:
         """Boolean mask of the texts that must take the exact path (None: none of them)."""
         n = len(texts)
         bad: np.ndarray | None = None
-        if not all(map(str.isprintable, texts)):
-            bad = ~np.fromiter(map(str.isprintable, texts), dtype=bool, count=n)
+
+        def flag(hit: np.ndarray) -> None:
+            nonlocal bad
+            bad = hit if bad is None else bad | hit
+
+        joined = FIRST.join(texts)
+        if joined.count(FIRST) != max(n - 1, 0):  # the key marker inside a text
+            flag(np.fromiter(map(str.__contains__, texts, repeat(FIRST)), dtype=bool, count=n))
         probes = list(self.contents) + list(self.scheme.gate_chars)
         if not self.scheme.space_runs:
             probes.append("  ")
+        for p in probes:  # a hit across the joiner is a false alarm, which the per-text check clears
+            if p in joined:
+                flag(np.fromiter(map(str.__contains__, texts, repeat(p)), dtype=bool, count=n))
+        if not self.scheme.space_after_whitespace and _WHITESPACE_SPACE.search(joined):
+            flag(np.fromiter((_WHITESPACE_SPACE.search(t) is not None for t in texts), dtype=bool, count=n))
         if not self.scheme.edge_spaces:
             edge = np.fromiter((t[:1] == " " or t[-1:] == " " for t in texts), dtype=bool, count=n)
             if edge.any():
-                bad = edge if bad is None else bad | edge
-        if probes:
-            joined = "\n".join(texts)  # "\n" is in no printable text and in no probe
-            for p in probes:
-                if p in joined:
-                    hit = np.fromiter(map(str.__contains__, texts, repeat(p)), dtype=bool, count=n)
-                    bad = hit if bad is None else bad | hit
+                flag(edge)
         return bad
 
     def words(self, texts: Sequence[str]) -> tuple[list[str], np.ndarray]:
