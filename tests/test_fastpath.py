@@ -440,7 +440,11 @@ def test_cache_bound_and_eviction(model_factory, kind):
         assert_same(fast, exact, batch)
         nbytes = fast.fast_path_stats()[3]
         assert nbytes <= limit_mb * 1024 * 1024
-        assert fast._fast is not None and fast._fast.bytes == nbytes
+        fp = fast._fast
+        assert fp is not None and fp.bytes == nbytes == int(fp._bytes_of.sum())  # the books balance
+        live = fp._used[:len(fp._keys)] > 0
+        assert fp.entries == sum(len(k) if isinstance(k, list) else 1 for k in fp._keys if k is not None)
+        assert int(live.sum()) == sum(k is not None for k in fp._keys)
     assert fast._fast.evictions > 0
     # One batch with more distinct pieces than the cache holds: split in halves, exact for what never fits.
     big = [" ".join(sample_texts(40, seed=s)) for s in range(3)] + ["x" * 3000]
@@ -472,3 +476,32 @@ def test_open_encoder_passes_the_settings(model_factory, tmp_path):
     assert enc._fast is not None and enc._fast.cache_bytes == 3 * 1024 * 1024
     off, _ = open_encoder(ModelSettings(path=str(folder), fast_path="off"))
     assert off.fast_path_status == "off: disabled by setting"
+
+
+# --- benchmark harness ----------------------------------------------------------------------------------------
+
+
+def test_bench_encoder_fast_path_and_whole_processes(model_factory, tmp_path, capsys):
+    import argparse
+    import json
+
+    from worker.bench import encoder as bench
+
+    p = argparse.ArgumentParser()
+    bench.add_arguments(p)
+    out = tmp_path / "bench.json"
+    args = p.parse_args(["--model", str(model_factory("unigram", dim=32)), "--texts", "150", "--repeat", "1",
+                         "--sets", "short", "--threads", "single", "--fast-path-only", "--e2e", "--json", str(out)])
+    assert bench.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "## Fast path vs model2vec" in printed and "## Whole processes" in printed
+    assert "## Throughput" not in printed  # --fast-path-only skips the exact-path tables
+    report = json.loads(out.read_text())
+    (row,) = report["results"]
+    f = row["fast"]
+    assert f["status"] == "on" and f["cold_s"] > 0 and f["warm_s"] > 0 and f["model2vec_s"] > 0
+    assert f["max_abs_diff_model2vec"] <= 1e-6 and f["max_abs_diff_exact"] == 0
+    assert 0 < f["hit_rate_cold"] < f["hit_rate_warm"] == 1.0 and f["misses"] > 0 and f["bytes"] > 0
+    (e2e,) = report["e2e"]
+    assert e2e["fast_path"] == "on" and e2e["max_abs_diff"] <= 1e-6 and e2e["same_shape"]
+    assert e2e["ours_s"] > 0 and e2e["model2vec_s"] > 0

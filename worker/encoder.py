@@ -8,10 +8,12 @@ float32 [n, dim]; a text with no tokens is a zero vector.
 Pooling is one sparse (texts x rows) matrix times the table: each token adds its row (times its weight)
 to its text's row in scipy's CSR kernel, without a Python loop; one division by the counts makes the mean.
 
-The fast path (`worker.fastpath`) skips most tokenization: it caches the row sum of every distinct piece of
-text. It is turned on at construction only where it reproduces this exact path on a self-check corpus
-(`fast_path="auto"`), forced on (`"on"`, the check still runs and is logged) or off (`"off"`).
-`fast_path_status` says which and why; `fast_path_stats()` counts the cache's work.
+The fast path (`worker.fastpath`) skips most tokenization: it tokenizes every distinct space-separated piece
+of text once and caches its token ids; the ids of a batch are then gathered from the cache and pooled by `pool`
+exactly like the tokenizer's, so the vectors are bit-identical. It is turned on at construction only where it
+reproduces this exact path, token for token, on a self-check corpus (`fast_path="auto"`); `"on"` forces it on
+(unless the tokenizer has a component it does not implement; the check still runs and a failure is logged),
+`"off"` leaves it off. `fast_path_status` says which and why; `fast_path_stats()` counts the cache's work.
 """
 
 from __future__ import annotations

@@ -531,6 +531,7 @@ class FastPath:
             keys[s] = k
         index.update(zip(new, slots_new, strict=True))
         self._bytes_of[filled] = key_bytes + 4 * self._len[filled].astype(np.int64)
+        self.bytes += int(self._bytes_of[filled].sum()) + alias_bytes
         self._used[filled] = self._gen
         for a, target in aliases.items():
             s = index[target]
@@ -538,7 +539,6 @@ class FastPath:
             held_keys = keys[s]
             keys[s] = [*held_keys, a] if isinstance(held_keys, list) else [held_keys, a]
             self._bytes_of[s] += sys.getsizeof(a)
-        self.bytes += int(self._bytes_of[filled].sum()) + alias_bytes
         slots[miss] = np.fromiter(map(index.__getitem__, missing), dtype=np.int64, count=len(missing))
         return len(new)
 
