@@ -189,7 +189,8 @@ def test_property_printable_texts_take_the_fast_path(encoders, kind, texts):
     assert fast._fast is not None
     bad = fast._fast.gate(texts)
     if kind != "bpe":  # byte-level BPE leaves runs of spaces to the exact path
-        assert bad is None or not bad.any()
+        special = [any(c in t for c in fast._fast.contents) for t in texts]  # "[UNK]" can be drawn too
+        assert (bad is None and not any(special)) or (bad is not None and bad.tolist() == special)
     assert_same(fast, exact, texts)
 
 
@@ -382,6 +383,39 @@ def test_check_texts_are_part_of_the_self_check(model_factory, monkeypatch):
     assert Encoder(load_model(folder)).fast_path_status == "on"
     enc = Encoder(load_model(folder), fast_path_check_texts=["the Kafka topic"])
     assert enc.fast_path_status.startswith("off: self-check text 2 'the Kafka topic'")
+
+
+def test_a_fast_path_that_raises_falls_back_to_the_exact_path(model_factory, monkeypatch, caplog):
+    from worker import fastpath
+
+    fast, exact = pair(model_factory("wordpiece"))
+    texts = ["kafka topic", "latency"]
+
+    def broken(self, texts):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(fastpath.FastPath, "tokenize", broken)
+    with caplog.at_level(logging.ERROR, logger="worker.encoder"):
+        got = fast.encode_batch(texts)
+    np.testing.assert_array_equal(got.vectors, exact.encode(texts))
+    assert fast.fast_path_status == "off: raised RuntimeError: bug" and fast._fast is None
+    assert any("fast path off" in r.getMessage() for r in caplog.records)
+    # An input both paths reject is the input's problem: it raises, and a working fast path stays on.
+    monkeypatch.undo()
+    fast, _ = pair(model_factory("wordpiece"))
+    with pytest.raises(TypeError):
+        fast.encode_batch(["ok", "\ud800"])  # a lone surrogate: the tokenizer takes no such string
+    assert fast.fast_path_status == "on"
+
+
+def test_a_self_check_that_raises_leaves_the_fast_path_off(model_factory, monkeypatch):
+    def broken(*a, **kw):
+        raise KeyError("model")
+
+    monkeypatch.setattr(encoder_module, "analyze", broken)
+    enc = Encoder(load_model(model_factory("unigram")))
+    assert enc.fast_path_status == "off: self-check raised KeyError: 'model'"
+    assert np.abs(enc.encode(ALL_TEXTS) - reference(model_factory("unigram"), ALL_TEXTS)).max() <= 1e-6
 
 
 def test_off_setting_and_bad_value(small_model):

@@ -113,15 +113,20 @@ class Encoder:
     def _setup_fast_path(self, mode: FastPathMode, cache_mb: float, extra: Sequence[str] | None) -> None:
         try:
             scheme = analyze(self.tokenizer)
+            fast = FastPath(tokenizer=self.tokenizer, scheme=scheme, unk_id=self.unk_id, max_length=self.max_length,
+                            cache_bytes=int(cache_mb * 1024 * 1024))
+            texts = check_corpus(self.tokenizer) + list(extra or [])
+            result = verify(fast, texts, exact_encode=self._encode_exact,
+                            fast_encode=lambda t: self._encode_with(fast, t), cut=self._cut)
         except FastPathUnsupported as e:
             self._fast_status = f"off: {e}"
             log.info("fast path off", extra={"model": self.model.name, "reason": str(e)})
             return
-        fast = FastPath(tokenizer=self.tokenizer, scheme=scheme, unk_id=self.unk_id, max_length=self.max_length,
-                        cache_bytes=int(cache_mb * 1024 * 1024))
-        texts = check_corpus(self.tokenizer) + list(extra or [])
-        result = verify(fast, texts, exact_encode=self._encode_exact, fast_encode=lambda t: self._encode_with(fast, t),
-                        cut=self._cut)
+        except Exception as e:  # a tokenizer the analysis misread must not stop the worker: exact path
+            self._fast_status = f"off: self-check raised {type(e).__name__}: {e}"
+            log.warning("fast path off: self-check raised", exc_info=True,
+                        extra={"model": self.model.name, "reason": self._fast_status[5:]})
+            return
         self.fast_path_verification = result
         info = {"model": self.model.name, "scheme": scheme.description, "check_texts": result.texts,
                 "check_fast_texts": result.fast_texts, "check_max_abs_diff": result.max_abs_diff,
@@ -228,7 +233,15 @@ class Encoder:
     def encode_batch(self, texts: Sequence[str]) -> Encoded:
         """Encode a micro-batch; also returns the pooled token count of each text (for metrics)."""
         if self._fast is not None:
-            out, counts = self._pool_fast(self._fast, texts)
+            try:
+                out, counts = self._pool_fast(self._fast, texts)
+            except Exception as e:
+                exact = self.encode_exact(texts)  # raises too if the input is the problem: the fast path stays
+                self._fast = None
+                self._fast_status = f"off: raised {type(e).__name__}: {e}"
+                log.error("fast path off: it raised where the exact path did not", exc_info=True,
+                          extra={"model": self.model.name, "reason": self._fast_status[5:]})
+                return exact
         else:
             flat, counts = self.tokenize(texts)
             out = self.pool(flat, counts)
