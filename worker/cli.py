@@ -27,14 +27,16 @@ def _settings_epilog() -> str:
 def _cmd_encode(args: argparse.Namespace) -> int:
     from worker.app import open_encoder
     from worker.batch_encode import InputLineError, encode_stream, open_input
-    from worker.settings import ModelSettings
+    from worker.settings import load_settings
 
     model = args.model or os.environ.get("EMBED_MODEL__PATH")
     if not model:
         print("encode: name a model with --model DIR (or set EMBED_MODEL__PATH)", file=sys.stderr)
         return 2
-    ms = ModelSettings(path=model if Path(model).exists() else None, name=model,
-                       max_length=None if args.max_length == 0 else args.max_length)
+    # EMBED_MODEL__* settings (fast path, dimensions, ...) apply here too; the flags win.
+    ms = load_settings().model.model_copy(update={
+        "path": model if Path(model).exists() else None, "name": model,
+        "max_length": None if args.max_length == 0 else args.max_length})
     encoder, _ = open_encoder(ms)
     npy = args.output if args.output and args.output.endswith(".npy") else None
     sink = sys.stdout.buffer if not args.output or npy else open(args.output, "wb")

@@ -233,8 +233,8 @@ def resolve_model_path(path: str | None, name: str) -> Path:
     """A local folder for the model: `path` if set, else `name` if it is a folder, else the hub."""
     if path:
         return Path(path)
-    if Path(name).is_dir():
-        return Path(name)
+    if Path(name).is_dir() or name.startswith(("/", ".", "~")) or name.count("/") > 1:
+        return Path(name).expanduser()  # a path, not a hub id (owner/name): load_model names what is wrong
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
