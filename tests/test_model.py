@@ -168,8 +168,9 @@ def test_two_processes_share_one_copy_of_the_table(model_factory):
         rss, pss, _private_dirty, anon = readings[1]
         assert rss >= table_bytes * 0.9  # the whole table is resident in the second process...
         assert pss <= rss * 0.6  # ...but counted half, because the first process maps the same pages
-        assert anon == 0  # and no private (copy-on-write) copy of any page
-        # (Private_Dirty may be non-zero for a freshly written file whose page cache is not yet written back.)
+        # ...and no private copy: at most a few stray pages (the kernel may report a handful of anonymous or
+        # dirty pages for a file written moments ago), never the table.
+        assert anon <= table_bytes * 0.01
     finally:
         for p in procs:
             if p.stdin:
