@@ -251,7 +251,7 @@ def test_a_wrong_password_in_process_counts_the_error_and_probes_say_stopping(sa
     assert ready == (503, "stopping\n")
     assert live[0] == 200
     logged = "\n".join(f"{r.getMessage()} {vars(r)}" for r in caplog.records)
-    assert "authentication or authorization failed" in logged
+    assert "authentication, authorization or TLS verification failed" in logged
     out, err = capfd.readouterr()
     for text in (metrics[1], ready[1], live[1], logged, out, err, repr(settings), repr(pipeline.s)):
         assert not leaks(text)
