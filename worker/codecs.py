@@ -140,7 +140,6 @@ class OutputRecord:
     ident: Any
     headers: Headers = field(default_factory=list)
     payload: dict[str, Any] | None = None
-    chunk: bool = False
 
 
 def chunk_ident(fmt: str, ident: Any, n: int) -> str:

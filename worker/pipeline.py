@@ -58,8 +58,6 @@ class PendingBatch:
     next_offsets: dict[tuple[str, int], int]
     timestamps_ms: np.ndarray
     produced: int
-    chunks: int
-    dead_lettered: int
     bytes_out: int
     started: float = field(default_factory=time.perf_counter)
     failed: list[str] = field(default_factory=list)
@@ -463,8 +461,6 @@ class Pipeline:
             next_offsets=next_offsets,
             timestamps_ms=np.fromiter((msg.timestamp()[1] for msg in real), dtype=np.int64, count=n),
             produced=len({r.source for r in records}),
-            chunks=sum(1 for r in records if r.chunk),
-            dead_lettered=len(bad),
             bytes_out=sum(map(len, out_values)),
         )
         if self.transactional:
@@ -557,7 +553,7 @@ class Pipeline:
                     p = {**payload, "document_id": ident, "chunk_index": n, "chunk_count": len(doc),
                          "chunk_start": sp.start, "chunk_end": sp.end}
                     p = _with_text(p, text[sp.start:sp.end], self.outputs.payload_text)
-                records.append(OutputRecord(i, chunk_id, headers=headers, payload=p, chunk=True))
+                records.append(OutputRecord(i, chunk_id, headers=headers, payload=p))
                 rows.append(k + n)
             if cs.document_vector:
                 doc_rows.append(np.arange(k, k + len(doc)))
