@@ -51,6 +51,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latency", action="store_true", help="also run the fixed-rate latency mode")
     p.add_argument("--latency-seconds", type=float, default=20.0)
     p.add_argument("--latency-waits", default="5,20,100", help="max_wait_ms values for the latency mode")
+    p.add_argument("--latency-load", type=float, default=0.5,
+                   help="latency mode rate as a fraction of the measured 1-process json maximum")
+    p.add_argument("--exactly-once", action="store_true",
+                   help="also run 1 process per format with EMBED_PROCESSING_GUARANTEE=exactly_once")
     p.add_argument("--json", help="write all results here as JSON")
 
 
@@ -98,7 +102,9 @@ class Sampler(threading.Thread):
             if not mem:
                 continue
             peak = self.peak.setdefault(pid, {"rss": 0, "pss": 0, "private": 0})
-            private = mem.get("Private_Clean", 0) + mem.get("Private_Dirty", 0)
+            # Private_Dirty = the process's own heap and buffers. Private_Clean is left out: it is mostly the
+            # model file's page cache, "private" only while no other process maps it.
+            private = mem.get("Private_Dirty", 0)
             peak["rss"] = max(peak["rss"], mem.get("Rss", 0))
             peak["pss"] = max(peak["pss"], mem.get("Pss", 0))
             peak["private"] = max(peak["private"], private)
@@ -194,15 +200,18 @@ def worker_env(bootstrap: str, model: Path, topics: tuple[str, str, str], fmt: s
 
 
 def throughput_run(bootstrap: str, model: Path, texts: list[str], partitions: int, processes: int, fmt: str,
-                   max_messages: int) -> dict[str, Any]:
+                   max_messages: int, guarantee: str = "at_least_once") -> dict[str, Any]:
     from confluent_kafka import Consumer
 
     n = len(texts)
-    label = f"{processes} proc, {fmt}"
+    label = f"{processes} proc, {fmt}, {guarantee}"
     topics = make_topics(bootstrap, partitions)
     preload(bootstrap, topics[0], texts, label)
-    watcher = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-watch"})
+    watcher = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-watch",
+                        "isolation.level": "read_uncommitted"})
     env = worker_env(bootstrap, model, topics, fmt, max_messages)
+    env["EMBED_PROCESSING_GUARANTEE"] = guarantee
+    env["EMBED_KAFKA__TRANSACTIONAL_ID"] = f"bench-{topics[0]}"
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "worker", "run", "--processes", str(processes)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -211,11 +220,20 @@ def throughput_run(bootstrap: str, model: Path, texts: list[str], partitions: in
     first_at = cpu_at_first = None
     done = done_at_first = 0
     deadline = time.time() + max(300.0, n / 200)
+    reader = None
+    if guarantee == "exactly_once":  # offsets include transaction markers: count committed records instead
+        reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-count-{uuid.uuid4().hex[:6]}",
+                           "auto.offset.reset": "earliest", "isolation.level": "read_committed",
+                           "enable.auto.commit": False})
+        reader.subscribe([topics[1]])
     while done < n and time.time() < deadline:
         if proc.poll() is not None:
             err = proc.stderr.read().decode()[-2000:] if proc.stderr else ""
             raise RuntimeError(f"worker exited with {proc.returncode}: {err}")
-        done = output_count(watcher, topics[1], partitions)
+        if reader is not None:
+            done += sum(1 for m in reader.consume(5000, 0.1) if not m.error())
+        else:
+            done = output_count(watcher, topics[1], partitions)
         if done and first_at is None:
             first_at, cpu_at_first, done_at_first = time.perf_counter(), sampler.total_cpu(), done
         _progress(f"{label}: {done:,}/{n:,} outputs")
@@ -227,6 +245,8 @@ def throughput_run(bootstrap: str, model: Path, texts: list[str], partitions: in
     proc.send_signal(signal.SIGTERM)
     proc.wait(60)
     watcher.close()
+    if reader is not None:
+        reader.close()
     delete_topics(bootstrap, list(topics))
     if done < n:
         raise RuntimeError(f"{label}: only {done} of {n} outputs")
@@ -235,7 +255,7 @@ def throughput_run(bootstrap: str, model: Path, texts: list[str], partitions: in
     steady_msgs = n - done_at_first
     per_proc = [v for k, v in sampler.peak.items() if k != proc.pid or processes == 1]
     return {
-        "processes": processes, "format": fmt, "messages": n, "seconds": elapsed,
+        "processes": processes, "format": fmt, "guarantee": guarantee, "messages": n, "seconds": elapsed,
         "messages_per_s": n / elapsed,
         "steady_messages_per_s": steady_msgs / steady_s if steady_s > 0 else 0.0,
         "cpu_s_total": cpu_total, "cpu_s_per_10k": cpu_total / n * 10_000,
@@ -335,32 +355,51 @@ def naive_run(bootstrap: str, model: Path, texts: list[str], partitions: int) ->
 def latency_run(bootstrap: str, model: Path, texts: list[str], rate: float, seconds: float, max_wait_ms: int,
                 max_messages: int) -> dict[str, Any]:
     """Produce at `rate` msg/s for `seconds`; latency = output LogAppendTime - input CreateTime."""
+    import socket
+    import urllib.request
+
     from confluent_kafka import Consumer, Producer
 
     topics = make_topics(bootstrap, 4, log_append_output=True)
     env = worker_env(bootstrap, model, topics, "json", max_messages, max_wait_ms)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env.update(EMBED_METRICS__PORT=str(port), EMBED_METRICS__HOST="127.0.0.1",
+               EMBED_METRICS__STATISTICS_INTERVAL_MS="1000")
     proc = subprocess.Popen([sys.executable, "-m", "worker", "run"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    time.sleep(4.0)  # model loaded and group joined before the clock starts
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "enable.idempotence": True})
+    deadline = time.time() + 60
+    while time.time() < deadline:  # model loaded and group joined before the clock starts
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        time.sleep(0.2)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1, "enable.idempotence": True})
     stamps: dict[tuple[int, int], int] = {}
+    warmup = int(rate * 2)  # the first 2 s warm the caches and are not measured
 
     def report(err: Any, msg: Any) -> None:
-        if err is None:
+        if err is None and int(msg.key()[1:]) >= warmup:
             stamps[(msg.partition(), msg.offset())] = msg.timestamp()[1]
 
-    total = int(rate * seconds)
+    total = warmup + int(rate * seconds)
     start = time.perf_counter()
     for i in range(total):
-        ahead = i / rate - (time.perf_counter() - start)
-        if ahead > 0:
-            time.sleep(ahead)
+        if i % 10 == 0:  # pace in steps of 10 messages: the load generator must not eat the worker's CPU
+            ahead = i / rate - (time.perf_counter() - start)
+            if ahead > 0:
+                time.sleep(ahead)
+            producer.poll(0)
         producer.produce(topics[0], key=f"k{i}".encode(), value=orjson.dumps({"id": i, "text": texts[i % len(texts)]}),
                          on_delivery=report)
-        producer.poll(0)
         if i % 500 == 0:
             _progress(f"latency max_wait_ms={max_wait_ms}: {i:,}/{total:,} at {rate:,.0f}/s")
     producer.flush(60)
+    total -= warmup
     reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"lat-{uuid.uuid4().hex[:6]}",
                        "auto.offset.reset": "earliest"})
     reader.subscribe([topics[1]])
@@ -443,32 +482,39 @@ def run_all(args: argparse.Namespace, bootstrap: str) -> int:
           f"{enc['cpu_s_per_10k']:.3f} CPU-s per 10k messages")
     results: dict[str, Any] = {"machine": machine, "versions": vers, "settings": vars(args) | {"model": str(model)},
                                "encoder": enc, "runs": [], "latency": []}
-    print("\n| processes | format | msg/s | tokens/s | CPU-s/10k (steady) | overhead ratio | peak RSS MB | "
-          "peak PSS MB | private MB | total PSS MB |")
-    print("|---|---|---:|---:|---:|---:|---|---|---|---:|")
+    print("\n| processes | format | guarantee | msg/s | tokens/s | CPU-s/10k (steady) | overhead ratio | "
+          "peak RSS MB | peak PSS MB | private MB | total PSS MB |")
+    print("|---|---|---|---:|---:|---:|---:|---|---|---|---:|")
     tokens_per_msg = enc["tokens"] / enc["messages"]
-    for k in [int(x) for x in args.processes.split(",") if x]:
-        for fmt in [f for f in args.formats.split(",") if f]:
-            r = throughput_run(bootstrap, model, texts, args.partitions, k, fmt, args.max_messages)
-            r["overhead_ratio"] = r["steady_cpu_s_per_10k"] / enc["cpu_s_per_10k"]
-            results["runs"].append(r)
-            print(f"| {k} | {fmt} | {r['messages_per_s']:,.0f} | {r['messages_per_s'] * tokens_per_msg:,.0f} | "
-                  f"{r['steady_cpu_s_per_10k']:.3f} ({r['cpu_basis']}) | {r['overhead_ratio']:.2f} | "
-                  f"{r['peak_rss_mb']} | {r['peak_pss_mb']} | {r['peak_private_mb']} | {r['peak_total_pss_mb']} |",
-                  flush=True)
+    formats = [f for f in args.formats.split(",") if f]
+    plan = [(k, fmt, "at_least_once") for k in [int(x) for x in args.processes.split(",") if x] for fmt in formats]
+    if args.exactly_once:
+        plan += [(1, fmt, "exactly_once") for fmt in formats]
+    for k, fmt, guarantee in plan:
+        r = throughput_run(bootstrap, model, texts, args.partitions, k, fmt, args.max_messages, guarantee)
+        r["overhead_ratio"] = r["steady_cpu_s_per_10k"] / enc["cpu_s_per_10k"]
+        results["runs"].append(r)
+        print(f"| {k} | {fmt} | {guarantee} | {r['messages_per_s']:,.0f} | "
+              f"{r['messages_per_s'] * tokens_per_msg:,.0f} | "
+              f"{r['steady_cpu_s_per_10k']:.3f} ({r['cpu_basis']}) | {r['overhead_ratio']:.2f} | "
+              f"{r['peak_rss_mb']} | {r['peak_pss_mb']} | {r['peak_private_mb']} | {r['peak_total_pss_mb']} |",
+              flush=True)
     if args.baseline_messages:
         base = naive_run(bootstrap, model, texts[: args.baseline_messages], args.partitions)
         results["baseline"] = base
-        best = max((r["messages_per_s"] for r in results["runs"] if r["processes"] == 1), default=0.0)
+        best = max((r["messages_per_s"] for r in results["runs"] if r["processes"] == 1
+                    and r["guarantee"] == "at_least_once"), default=0.0)
         print(f"\nnaive baseline (model2vec per message, json.dumps): {base['messages_per_s']:,.0f} msg/s; "
               f"ours (1 process) / baseline = {best / base['messages_per_s']:.1f}x")
     if args.latency:
-        one = [r for r in results["runs"] if r["processes"] == 1 and r["format"] == "json"]
+        one = [r for r in results["runs"] if r["processes"] == 1 and r["format"] == "json"
+               and r["guarantee"] == "at_least_once"]
         max_rate = one[0]["steady_messages_per_s"] if one else 5000.0
         print("\n| max_wait_ms | rate msg/s | p50 ms | p95 ms | p99 ms | max ms | measured |")
         print("|---:|---:|---:|---:|---:|---:|---:|")
         for wait in [int(x) for x in args.latency_waits.split(",")]:
-            lr = latency_run(bootstrap, model, texts, max_rate * 0.5, args.latency_seconds, wait, args.max_messages)
+            lr = latency_run(bootstrap, model, texts, max_rate * args.latency_load, args.latency_seconds, wait,
+                             args.max_messages)
             results["latency"].append(lr)
             print(f"| {wait} | {lr['rate']:,.0f} | {lr['p50_ms']:.1f} | {lr['p95_ms']:.1f} | {lr['p99_ms']:.1f} | "
                   f"{lr['max_ms']:.1f} | {lr['messages']:,}/{lr['sent']:,} |", flush=True)
