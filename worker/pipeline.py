@@ -175,7 +175,7 @@ class Pipeline:
         self._last_error_log: dict[str, float] = {}
         self.transactional = settings.processing_guarantee == ProcessingGuarantee.exactly_once
         self.consumer = Consumer(consumer_config(settings, self._on_stats, self._on_error))
-        pconf = producer_config(settings, self._on_error)
+        pconf = self.producer_conf = producer_config(settings, self._on_error)
         if self.transactional:
             pconf["transactional.id"] = transactional_id(settings)
             pconf.setdefault("transaction.timeout.ms", 60000)
@@ -184,6 +184,8 @@ class Pipeline:
         self.wait_s = settings.batch.max_wait_ms / 1000.0
         self.commit_interval_s = settings.kafka.commit_interval_ms / 1000.0
         self.dlq_max_value = settings.input.dead_letter_max_value_bytes
+        # what one record may weigh: the producer's message.max.bytes less room for the record's framing
+        self.max_record = int(self.producer_conf["message.max.bytes"]) - 1024
         self._last_commit = 0.0
 
     # ---- callbacks (run inside consume/poll on the loop thread) ----
@@ -456,32 +458,44 @@ class Pipeline:
         for topic, part, off in where:
             next_offsets[(topic, part)] = off + 1
         out_values = self.outputs.values(records, vectors) if records else []
+        outgoing: list[tuple[str, bytes | None, bytes | None, Headers]] = []
+        too_big: set[int] = set()
+        for r, value in zip(records, out_values, strict=True):
+            i = r.source
+            headers = cast(Headers, list(real[i].headers() or ()))
+            headers.extend(source_headers(*where[i]))
+            headers.extend(self.outputs.extra_headers(r.ident))
+            headers.extend(r.headers)
+            if record_size(keys[i], value, headers) > self.max_record:
+                too_big.add(i)  # the input's own key or headers make its output too big to publish
+            outgoing.append((self.s.output_topic, keys[i], value, headers))
+        if too_big:
+            outgoing = [o for o, r in zip(outgoing, records, strict=True) if r.source not in too_big]
+            records = [r for r in records if r.source not in too_big]
+            bad.extend((i, Reason.TOO_LARGE, "key and headers make the output larger than the producer's "
+                        f"message.max.bytes ({self.max_record} bytes)") for i in sorted(too_big))
+        for i, reason, text in bad:
+            headers = cast(Headers, list(real[i].headers() or ()))
+            dlq_value, dlq_headers = dead_letter(values[i], reason, text, *where[i], self.dlq_max_value)
+            key: bytes | None = keys[i]
+            if record_size(key, dlq_value, headers + dlq_headers) > self.max_record:
+                # even the dead letter is too big: keep only what identifies the input (its coordinates)
+                headers, key = [("error-key-and-headers-omitted", str(record_size(key, None, headers)).encode())], None
+            headers.extend(dlq_headers)
+            outgoing.append((self.s.dlq_topic, key, dlq_value, headers))
+            m.dead_lettered.labels(reason).inc()
         batch = PendingBatch(
-            outstanding=len(out_values) + len(bad),
+            outstanding=len(outgoing),
             next_offsets=next_offsets,
             timestamps_ms=np.fromiter((msg.timestamp()[1] for msg in real), dtype=np.int64, count=n),
             produced=len({r.source for r in records}),
-            bytes_out=sum(map(len, out_values)),
+            bytes_out=sum(len(o[2] or b"") for o in outgoing if o[0] == self.s.output_topic),
         )
         if self.transactional:
             self._begin()
         cb = batch.on_delivery
-        out_topic = self.s.output_topic
-        for r, value in zip(records, out_values, strict=True):
-            i = r.source
-            msg = real[i]
-            headers = cast(Headers, list(msg.headers() or ()))
-            headers.extend(source_headers(*where[i]))
-            headers.extend(self.outputs.extra_headers(r.ident))
-            headers.extend(r.headers)
-            self._produce(out_topic, keys[i], value, headers, cb)
-        for i, reason, text in bad:
-            msg = real[i]
-            headers = cast(Headers, list(msg.headers() or ()))
-            dlq_value, dlq_headers = dead_letter(values[i], reason, text, *where[i], self.dlq_max_value)
-            headers.extend(dlq_headers)
-            self._produce(self.s.dlq_topic, keys[i], dlq_value, headers, cb)
-            m.dead_lettered.labels(reason).inc()
+        for topic, out_key, out_value, headers in outgoing:
+            self._produce(topic, out_key, out_value, headers, cb)
         if self.transactional:
             self._commit_transaction(batch, where)
             return
@@ -683,3 +697,8 @@ def _with_text(payload: dict[str, Any] | None, text: str, include: bool) -> dict
     if payload is not None and include:
         payload["text"] = text
     return payload
+
+
+def record_size(key: bytes | None, value: bytes | None, headers: Headers) -> int:
+    """Bytes a record carries (key, value, header names and values), as message.max.bytes counts them."""
+    return len(key or b"") + len(value or b"") + sum(len(k) + len(v or b"") for k, v in headers)
