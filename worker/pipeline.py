@@ -595,8 +595,16 @@ class Pipeline:
         """Commit the batch's outputs with its input offsets atomically; on an abortable error, abort
         and rewind the consumer to the batch's first offsets so that it is processed again."""
         t0 = time.perf_counter()
-        timeout = self.s.shutdown_grace_s
+        timeout = min(self.s.shutdown_grace_s, 10.0)
         offsets = [TopicPartition(t, p, o) for (t, p), o in batch.next_offsets.items()]
+        # librdkafka 2.16 can block in send_offsets_to_transaction past its timeout when the broker goes away
+        # (and then no Python code, not even the SIGTERM handler, runs): past the deadline, exit so that a
+        # restart (the supervisor's or Kubernetes') resumes from the last committed transaction.
+        watchdog = threading.Timer(2 * timeout + 10.0, _force_exit,
+                                   args=("a transaction call did not return; exiting so that a restart resumes",))
+        watchdog.daemon = True
+        watchdog.start()
+        self.health.waiting_since = time.monotonic()
         try:
             self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), timeout)
             while True:
@@ -619,6 +627,9 @@ class Pipeline:
             self.exit_code = EXIT_FATAL
             self.stop_event.set()
             return
+        finally:
+            watchdog.cancel()
+            self.health.waiting_since = None
         self.producer.poll(0)
         batch.done_at = time.perf_counter()
         self._account(batch)
@@ -681,10 +692,8 @@ def install_signal_handlers(pipeline: Pipeline) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-def _force_exit() -> None:
-    import os
-
-    log.error("shutdown exceeded the grace period; exiting")
+def _force_exit(reason: str = "shutdown exceeded the grace period; exiting") -> None:
+    log.error(reason)
     logging.shutdown()
     os._exit(EXIT_FATAL)
 

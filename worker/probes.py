@@ -29,6 +29,7 @@ class Health:
         self.has_work = False
         self.stopping = False
         self.last_step = time.monotonic()
+        self.waiting_since: float | None = None  # set while the loop waits on the broker in a blocking call
 
     def step(self, has_work: bool) -> None:
         """The loop completed one step; `has_work` = partitions assigned with lag or outputs in flight."""
@@ -46,6 +47,8 @@ class Health:
                                          ("group", self.joined)) if not ok]
         if self.stopping:
             return False, "stopping"
+        if self.waiting_since is not None and time.monotonic() - self.waiting_since > 5.0:
+            return False, "not ready: waiting for broker (a transaction call has not returned)"
         if missing:
             return False, "not ready: waiting for " + ", ".join(missing)
         return True, "ok"

@@ -25,9 +25,11 @@ from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from worker.probes import Health, serve
-from worker.settings import Settings
+from worker.settings import ProcessingGuarantee, Settings
 
 log = logging.getLogger(__name__)
+
+CHILD_ENV = "EMBEDSTREAM_SUPERVISED_CHILD"  # set for children: they run the pipeline, never supervise
 
 # Exit codes that a restart cannot fix: bad settings or model, bad credentials.
 NO_RESTART = {2, 5}
@@ -58,6 +60,17 @@ def parse_processes(value: str | int) -> int:
     if n < 1:
         raise SystemExit("--processes must be at least 1")
     return n
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: if the supervisor dies (kill -9), the kernel kills the child too, as it
+    would kill every process of a container; no orphan keeps consuming."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux/glibc: children may outlive a killed supervisor
+        pass
 
 
 def _free_port() -> int:
@@ -151,6 +164,7 @@ class Supervisor:
         env["EMBED_METRICS__HOST"] = "127.0.0.1"
         env["EMBED_PROCESSES"] = "1"
         env["EMBED_PROCESS_INDEX"] = str(child.index)
+        env[CHILD_ENV] = "1"
         if self.k > 1:  # one core each: no thread pools competing across processes
             env.setdefault("TOKENIZERS_PARALLELISM", "false")
             for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS"):
@@ -162,7 +176,7 @@ class Supervisor:
 
     def _start(self, child: Child) -> None:
         child.proc = subprocess.Popen([sys.executable, "-m", "worker", "run", "--processes", "1"],
-                                      env=self._env(child))
+                                      env=self._env(child), preexec_fn=_die_with_parent)
         child.started_at = time.monotonic()
         log.info("process started", extra={"child": child.index, "pid": child.proc.pid, "port": child.port})
 
@@ -230,7 +244,10 @@ class Supervisor:
 
 def supervise(processes: str | int, settings: Settings) -> int:
     k = parse_processes(processes)
-    if k == 1:
+    # exactly_once: even one process runs supervised, since a transaction call that hangs ends the process
+    # (pipeline's watchdog) and it must come back by itself.
+    child = os.environ.get(CHILD_ENV) == "1"
+    if child or (k == 1 and settings.processing_guarantee != ProcessingGuarantee.exactly_once):
         from worker.app import run
 
         return run(settings)
