@@ -40,7 +40,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="broker to use (default: KAFKA_BOOTSTRAP_SERVERS, else start a private local broker)")
     p.add_argument("--model", help="Model2Vec folder (default: the synthetic 768-d Unigram bench model)")
     p.add_argument("--messages", type=int, default=200_000)
-    p.add_argument("--set", dest="text_set", choices=["short", "paragraph", "mixed"], default="short")
+    p.add_argument("--set", dest="text_set", choices=["short", "paragraph", "mixed", "documents"], default="short",
+                   help="documents = 5,000-word texts (use with --chunking)")
+    p.add_argument("--chunking", choices=["off", "words", "tokens"], default="off",
+                   help="EMBED_CHUNKING__MODE for the worker runs (200-word chunks by default)")
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--processes", default="1,2", help="comma-separated process counts to run, e.g. 1,2")
     p.add_argument("--formats", default="json,f32", help="output formats to run")
@@ -196,14 +199,18 @@ def worker_env(bootstrap: str, model: Path, topics: tuple[str, str, str], fmt: s
             "EMBED_OUTPUT__FORMAT": fmt, "EMBED_BATCH__MAX_MESSAGES": str(max_messages),
             "EMBED_BATCH__MAX_WAIT_MS": str(max_wait_ms), "EMBED_METRICS__PORT": "0",
             "EMBED_METRICS__STATISTICS_INTERVAL_MS": "0", "EMBED_LOG__LEVEL": "WARNING",
-            "EMBED_OUTPUT__COMPRESSION": os.environ.get("EMBED_OUTPUT__COMPRESSION", "lz4")}
+            "EMBED_OUTPUT__COMPRESSION": os.environ.get("EMBED_OUTPUT__COMPRESSION", "lz4"),
+            "EMBED_CHUNKING__MODE": os.environ.get("EMBED_CHUNKING__MODE", "off")}
 
 
 def throughput_run(bootstrap: str, model: Path, texts: list[str], partitions: int, processes: int, fmt: str,
-                   max_messages: int, guarantee: str = "at_least_once") -> dict[str, Any]:
+                   max_messages: int, guarantee: str = "at_least_once", outputs: int | None = None
+                   ) -> dict[str, Any]:
+    """`outputs`: how many output records the texts make (more than len(texts) when chunking)."""
     from confluent_kafka import Consumer
 
-    n = len(texts)
+    docs = len(texts)
+    n = outputs or docs
     label = f"{processes} proc, {fmt}, {guarantee}"
     topics = make_topics(bootstrap, partitions)
     preload(bootstrap, topics[0], texts, label)
@@ -255,8 +262,8 @@ def throughput_run(bootstrap: str, model: Path, texts: list[str], partitions: in
     steady_msgs = n - done_at_first
     per_proc = [v for k, v in sampler.peak.items() if k != proc.pid or processes == 1]
     return {
-        "processes": processes, "format": fmt, "guarantee": guarantee, "messages": n, "seconds": elapsed,
-        "messages_per_s": n / elapsed,
+        "processes": processes, "format": fmt, "guarantee": guarantee, "messages": docs, "outputs": n,
+        "seconds": elapsed, "messages_per_s": docs / elapsed, "outputs_per_s": n / elapsed,
         "steady_messages_per_s": steady_msgs / steady_s if steady_s > 0 else 0.0,
         "cpu_s_total": cpu_total, "cpu_s_per_10k": cpu_total / n * 10_000,
         # Steady state (after the first output: start-up excluded) when that window holds most messages.
@@ -431,6 +438,9 @@ def texts_for(text_set: str, n: int) -> list[str]:
         return synthetic.short_texts(n, seed=7)
     if text_set == "paragraph":
         return synthetic.paragraph_texts(n, seed=7)
+    if text_set == "documents":  # ~5,000 words each: 50 paragraphs of ~100 words
+        paragraphs = synthetic.paragraph_texts(n * 50, seed=9)
+        return ["\n\n".join(paragraphs[i * 50:(i + 1) * 50]) for i in range(n)]
     half = n // 2
     return [t for pair in zip(synthetic.short_texts(half, seed=7), synthetic.paragraph_texts(n - half, seed=8),
                               strict=False) for t in pair][:n]
@@ -465,6 +475,7 @@ def main(args: argparse.Namespace) -> int:
 
 def run_all(args: argparse.Namespace, bootstrap: str) -> int:
     os.environ["EMBED_OUTPUT__COMPRESSION"] = args.compression
+    os.environ["EMBED_CHUNKING__MODE"] = args.chunking
     from worker.bench.encoder import machine_info, versions
     from worker.bench.synthetic import cached_model
 
@@ -490,8 +501,22 @@ def run_all(args: argparse.Namespace, bootstrap: str) -> int:
     plan = [(k, fmt, "at_least_once") for k in [int(x) for x in args.processes.split(",") if x] for fmt in formats]
     if args.exactly_once:
         plan += [(1, fmt, "exactly_once") for fmt in formats]
+    outputs = None
+    if args.chunking != "off":
+        from tokenizers import Tokenizer
+
+        from worker.chunking import Chunker
+        from worker.settings import ChunkingSettings
+
+        chunker = Chunker(ChunkingSettings(mode=args.chunking), Tokenizer.from_file(str(model / "tokenizer.json")))
+        outputs = sum(len(chunker.split(t)) for t in texts)
+        print(f"chunking {args.chunking}: {len(texts):,} documents -> {outputs:,} chunks "
+              f"({outputs / len(texts):.1f} per document)")
     for k, fmt, guarantee in plan:
-        r = throughput_run(bootstrap, model, texts, args.partitions, k, fmt, args.max_messages, guarantee)
+        r = throughput_run(bootstrap, model, texts, args.partitions, k, fmt, args.max_messages, guarantee, outputs)
+        if outputs:
+            print(f"  {k} process(es), {fmt}: {r['messages_per_s']:,.1f} documents/s, "
+                  f"{r['outputs_per_s']:,.0f} chunks/s")
         r["overhead_ratio"] = r["steady_cpu_s_per_10k"] / enc["cpu_s_per_10k"]
         results["runs"].append(r)
         print(f"| {k} | {fmt} | {guarantee} | {r['messages_per_s']:,.0f} | "
