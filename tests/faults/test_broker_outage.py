@@ -45,11 +45,8 @@ def outage_broker(tmp_path_factory):
         broker.stop()
 
 
-
-
 @pytest.mark.timeout(pick(420, 1200))
-@pytest.mark.parametrize("mode", ["at_least_once",
-                                  "exactly_once"])
+@pytest.mark.parametrize("mode", ["at_least_once", "exactly_once"])
 def test_broker_outage_worker_recovers_by_itself(mode, outage_broker, worker_env, tmp_path):
     b = outage_broker.bootstrap
     rng = seeded(f"outage-{mode}")
