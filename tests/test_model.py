@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -156,6 +157,7 @@ CHILD = textwrap.dedent(
 def test_two_processes_share_one_copy_of_the_table(model_factory):
     folder = model_factory("wordpiece", dim=4096)  # 600 x 4096 float32 = 9.4 MiB
     table_bytes = 600 * 4096 * 4
+    os.sync()  # a file written moments ago may still have dirty pages, which smaps counts as anonymous
     procs = []
     try:
         readings = []

@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 from tokenizers import Tokenizer
+
+from worker.fastpath import light_spec
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,10 @@ class Model:
     weights: np.ndarray | None = None
     mapping: np.ndarray | None = None
     table_file: Path = field(default_factory=Path)
+    # tokenizer.json without its vocabulary and merges (normalizer, pre-tokenizer, model type and flags,
+    # added tokens): what the encoder and the fast path's analysis read, without serializing the tokenizer
+    tokenizer_spec: dict[str, Any] = field(default_factory=dict)
+    tokenizer_file: Path = field(default_factory=Path)
 
     @property
     def dim(self) -> int:
@@ -131,14 +138,19 @@ def map_tensor(path: Path, data_start: int, name: str, info: dict[str, Any]) -> 
     return np.memmap(path, dtype=dtype, mode="r", offset=data_start + begin, shape=shape)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_json(path: Path, raw: bytes | None = None) -> dict[str, Any]:
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        if raw is None:
+            raw = path.read_bytes()
+        data = orjson.loads(raw)
     except FileNotFoundError:
         raise ModelError(f"{path}: file not found") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelError(f"{path}: not valid JSON ({e})") from None
+    except orjson.JSONDecodeError:
+        try:  # orjson's messages name no line; the standard library's do
+            json.loads((raw or b"").decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ModelError(f"{path}: not valid JSON ({e})") from None
+        raise ModelError(f"{path}: not valid JSON") from None
     if not isinstance(data, dict):
         raise ModelError(f"{path}: expected a JSON object, found {type(data).__name__}")
     return data
@@ -170,11 +182,14 @@ def load_model(path: str | os.PathLike[str], name: str | None = None) -> Model:
                              f"{CONFIG_FILE})")
 
     config = _read_json(cfg_file)
-    _read_json(tok_file)  # a clear JSON error beats the tokenizer library's
+    raw = tok_file.read_bytes()  # read once: parsed here for a clear error and the spec, then by tokenizers
+    spec = _read_json(tok_file, raw)  # a clear JSON error beats the tokenizer library's
     try:
-        tokenizer = Tokenizer.from_file(str(tok_file))
+        tokenizer = Tokenizer.from_buffer(raw)
     except Exception as e:  # the tokenizers library raises plain Exception subclasses
         raise ModelError(f"{tok_file}: not a Hugging Face tokenizer ({e})") from None
+    del raw
+    spec = light_spec(spec)  # the 33 MB of a large vocabulary stay in the tokenizer only
 
     data_start, index = read_safetensors_index(table_file)
     emb_name = "embeddings" if "embeddings" in index else "embedding.weight" if "embedding.weight" in index else None
@@ -220,6 +235,8 @@ def load_model(path: str | os.PathLike[str], name: str | None = None) -> Model:
         weights=weights,
         mapping=mapping,
         table_file=table_file,
+        tokenizer_spec=spec,
+        tokenizer_file=tok_file,
     )
     log.info(
         "model loaded",
