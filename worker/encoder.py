@@ -168,6 +168,11 @@ class Encoder:
             log.warning("fast path off: self-check failed", extra=info | {"reason": result.reason})
 
     @property
+    def tokenizer_description(self) -> str:
+        """The tokenizer library that runs, and why: "gigatoken: same ids as tokenizers on 595 self-check texts"."""
+        return f"{self.backend.name}: {self.tokenizer_selection.reason}"
+
+    @property
     def fast_path_status(self) -> str:
         """"on", or "off: <reason>"."""
         return self._fast_status

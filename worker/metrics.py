@@ -140,9 +140,11 @@ class Metrics:
     def set_build(self, **extra: str) -> None:
         self.build_info.info({"version": __version__, "python": platform.python_version(), **extra})
 
-    def set_model(self, *, name: str, dim: int, vocab_size: int, dtype: str, table_bytes: int, fast_path: str) -> None:
+    def set_model(self, *, name: str, dim: int, vocab_size: int, dtype: str, table_bytes: int, fast_path: str,
+                  tokenizer: str = "tokenizers") -> None:
         self.model_info.info(
-            {"model": name, "dim": str(dim), "vocab_size": str(vocab_size), "dtype": dtype, "fast_path": fast_path}
+            {"model": name, "dim": str(dim), "vocab_size": str(vocab_size), "dtype": dtype, "fast_path": fast_path,
+             "tokenizer": tokenizer}
         )
         self.table_bytes.set(table_bytes)
 

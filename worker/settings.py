@@ -119,6 +119,10 @@ class ModelSettings(BaseModel):
         "auto", description="Piece-cache fast path: auto = on where it reproduces the exact path at load."
     )
     fast_path_cache_mb: int = Field(256, ge=1, description="Memory bound of the fast-path piece cache.")
+    tokenizer: Literal["auto", "tokenizers", "gigatoken", "tokie"] = Field(
+        "auto", description="Tokenizer library: auto = gigatoken where it gives tokenizers' ids on the self-check "
+        "corpus at load (pip install embedstream[fast]), else tokenizers (the reference)."
+    )
     fast_path_check_file: str | None = Field(
         None, description="Extra self-check corpus (one text per line) the fast path must reproduce exactly."
     )

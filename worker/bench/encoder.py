@@ -107,6 +107,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also time `python -m worker encode` against an equivalent model2vec script, one fresh "
                         "process per run (cold start, .npy output)")
     f.add_argument("--cache-mb", type=float, default=256, help="fast-path cache bound (default 256)")
+    f.add_argument("--passes", action="store_true",
+                   help="first pass and steady state (unseen texts, warm cache) vs model2vec, tokenizer alone, "
+                        "pooling alone, construction; one core; default model: the gemma-like fixture "
+                        "(worker.bench.passes)")
     g = p.add_argument_group("synthetic model (without --model)")
     g.add_argument("--kind", choices=("unigram", "bpe", "wordpiece"), default="unigram")
     g.add_argument("--vocab-size", type=int, default=32_768)
@@ -390,6 +394,10 @@ def run_e2e(folder: Path, sets: dict[str, int], seed: int, repeat: int, modes: S
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.passes:
+        from worker.bench.passes import main_passes
+
+        return main_passes(args)
     sets = {name: args.texts.get(name, DEFAULT_TEXTS[name]) for name in args.sets}
     if args.repeat < 1 or args.batch_size < 1:
         print("bench encoder: --repeat and --batch-size must be at least 1", file=sys.stderr)
