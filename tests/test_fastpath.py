@@ -34,6 +34,16 @@ EDGE_TEXTS = [
 ALL_TEXTS = TEXTS + EDGE_TEXTS
 
 
+
+@pytest.fixture(autouse=True)
+def _reference_tokenizer(monkeypatch):
+    """The piece cache runs in front of the reference tokenizer: with a faster library (gigatoken, for byte-level
+    BPE) `auto` leaves it off, so these tests pin `tokenizers` unless they name a library."""
+    real = encoder_module.select
+    monkeypatch.setattr(encoder_module, "select",
+                        lambda tok, path, choice, texts: real(tok, path, "tokenizers" if choice == "auto" else choice,
+                                                               texts))
+
 def reference(folder, texts, **kw):
     ref = StaticModel.from_pretrained(str(folder), **kw)
     before = os.environ.get("TOKENIZERS_PARALLELISM")

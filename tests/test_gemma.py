@@ -47,7 +47,8 @@ def f16(gemma_model):
 @pytest.fixture(scope="module")
 def f16_encoders(f16):
     model = load_model(f16)
-    return Encoder(model), Encoder(model, fast_path="off"), Encoder(model, fast_path="off", tokenizer="tokenizers")
+    return (Encoder(model, fast_path="on"), Encoder(model, fast_path="off"),
+            Encoder(model, fast_path="off", tokenizer="tokenizers"))
 
 
 def test_the_fixture_is_gemma_3s_tokenizer_byte_for_byte(f16):
@@ -65,6 +66,14 @@ def test_fast_path_is_on_with_the_cross_word_token_gated(f16_encoders):
     assert fast._fast.scheme.cross_word == ("> </",)
     v = fast.fast_path_verification
     assert v is not None and v.ok and v.fast_texts > 100
+
+
+def test_auto_leaves_the_piece_cache_to_the_reference_tokenizer(f16):
+    """With gigatoken the exact path is faster than the piece cache (docs/benchmarks.md): auto leaves it off; with
+    the reference tokenizer the cache pays, and auto turns it on after its self-check."""
+    model = load_model(f16)
+    assert Encoder(model).fast_path_status == "off: gigatoken tokenizes faster than the piece cache"
+    assert Encoder(model, tokenizer="tokenizers").fast_path_status == "on"
 
 
 def test_the_faster_tokenizer_runs_only_because_it_matched(f16_encoders):
@@ -109,7 +118,7 @@ def test_float32_parity_with_model2vec(gemma_model):
     model = load_model(folder)
     texts = corpus()
     ref = StaticModel.from_pretrained(str(folder)).encode(texts, use_multiprocessing=False)
-    fast, exact = Encoder(model), Encoder(model, fast_path="off")
+    fast, exact = Encoder(model, fast_path="on"), Encoder(model, fast_path="off")
     assert fast.fast_path_status == "on"
     got = fast.encode(texts)
     assert np.array_equal(got, exact.encode(texts))

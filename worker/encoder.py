@@ -127,7 +127,11 @@ class Encoder:
         self._fast_status = "off: disabled by setting"
         if fast_path not in ("auto", "on", "off"):
             raise ValueError(f"fast_path must be auto, on or off, not {fast_path!r}")
-        if fast_path != "off":
+        if fast_path == "auto" and not isinstance(self.backend, TokenizersBackend):
+            # Measured (docs/benchmarks.md): a faster library tokenizes a batch in less time than the piece cache
+            # takes to split and look it up, so the cache only pays in front of the reference tokenizer.
+            self._fast_status = f"off: {self.backend.name} tokenizes faster than the piece cache"
+        elif fast_path != "off":
             self._setup_fast_path(fast_path, fast_path_cache_mb, fast_path_check_texts)
 
     # --- fast path -----------------------------------------------------------------------------------
