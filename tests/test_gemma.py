@@ -100,17 +100,27 @@ def test_fast_and_exact_are_bit_identical(f16_encoders):
 
 
 def test_float16_parity_with_model2vec_within_one_ulp(f16, f16_encoders):
+    """model2vec returns float16: it rounds each mean to float16, then normalizes and rounds again. Ours is float32
+    from the same rows. Rounded to float16, ours equals model2vec's within one float16 ulp; where model2vec's
+    double rounding moves it a second ulp (3 of 20,000 short texts in `bench encoder --passes`), ours is the one
+    next to the exact (float64) result."""
     fast, _, _ = f16_encoders
-    texts = corpus() + check_corpus(fast.tokenizer)
+    texts = corpus() + check_corpus(fast.tokenizer) + short_texts(20_000, seed=0)[12_600:16_200]
     ref = StaticModel.from_pretrained(str(f16)).encode(texts, use_multiprocessing=False)
     assert ref.dtype == np.float16
     ours = fast.encode(texts)
     assert ours.dtype == np.float32
     ulp = np.spacing(np.abs(ref)).astype(np.float32)
     err = np.abs(ours.astype(np.float16).astype(np.float32) - ref.astype(np.float32))
-    assert (err <= ulp).all(), f"{int((err > ulp).sum())} values differ by more than one float16 ulp"
-    # ours is the more precise: closer to the float64 mean of the same float16 rows
-    assert np.abs(ours - ref.astype(np.float32)).max() <= 2 * float(ulp.max())
+    assert (err <= 2 * ulp).all()
+    assert (err > ulp).mean() < 1e-5, f"{int((err > ulp).sum())} values differ by more than one float16 ulp"
+    flat, counts = fast.tokenize(texts)
+    ends = np.cumsum(counts)
+    for i in np.flatnonzero((err > ulp).any(axis=1)):
+        rows = np.asarray(fast.model.table[flat[ends[i] - counts[i]:ends[i]]], dtype=np.float64)
+        exact = rows.mean(axis=0)
+        exact /= np.linalg.norm(exact)
+        assert np.abs(ours[i] - exact).max() < np.abs(ref[i].astype(np.float64) - exact).max() / 100
 
 
 def test_float32_parity_with_model2vec(gemma_model):
