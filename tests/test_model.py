@@ -141,8 +141,8 @@ CHILD = textwrap.dedent(
     stats, current = {}, None
     for line in open("/proc/self/smaps"):
         head = line.split()
-        if "-" in head[0] and len(head) >= 6:
-            current = head[5] if head[-1] == target else None
+        if "-" in head[0] and len(head) >= 5 and len(head[1]) == 4:  # a mapping's header (anonymous: no path)
+            current = head[5] if len(head) >= 6 and head[-1] == target else None
             continue
         if current and len(head) == 3 and head[2] == "kB":
             stats[head[0].rstrip(":")] = stats.get(head[0].rstrip(":"), 0) + int(head[1]) * 1024

@@ -56,6 +56,8 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *,
                       fast_path=encoder.fast_path_status, tokenizer=encoder.tokenizer_description)
     metrics.update_memory()
     pipeline = Pipeline(settings, encoder, name, metrics, health)
+    if encoder.release_reference():  # after the pipeline took what it needs (the chunker's own copy)
+        log.info("reference tokenizer released", extra={"model": name, "tokenizer": encoder.backend.name})
     if install_signals and threading.current_thread() is threading.main_thread():
         install_signal_handlers(pipeline)
     return pipeline, metrics, health

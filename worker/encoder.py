@@ -98,7 +98,6 @@ class Encoder:
         tok = model.tokenizer
         tok.no_truncation()
         tok.no_padding()
-        self.tokenizer = tok
         spec = tokenizer_spec(model)
         self.spec = spec
         self.unk_id = unknown_token_id(tok, spec)
@@ -170,6 +169,19 @@ class Encoder:
         else:
             self._fast_status = f"off: {result.reason}"
             log.warning("fast path off: self-check failed", extra=info | {"reason": result.reason})
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The reference tokenizer (`tokenizers`), reloaded if it was released."""
+        return self.model.tokenizer
+
+    def release_reference(self) -> bool:
+        """Free the reference tokenizer's memory where nothing of this encoder uses it any more: a faster library
+        runs and the fast path is off. Returns whether it was released."""
+        if isinstance(self.backend, TokenizersBackend) or self._fast is not None:
+            return False
+        self.model.tokenizer_ref.release()
+        return True
 
     @property
     def tokenizer_description(self) -> str:

@@ -7,10 +7,13 @@ needs. Every way a model folder can be wrong fails here, at load, with the file 
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import logging
 import os
 import struct
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,40 @@ class ModelError(Exception):
     """A model cannot be found or loaded; the message names the file or setting and the problem."""
 
 
+class TokenizerRef:
+    """The reference tokenizer (`tokenizers`, what model2vec runs), released when a faster library took over and
+    nothing else needs it: Gemma 3's holds ~280 MB of native memory per process. Loaded again from its file, on
+    first use, if something asks for it afterwards."""
+
+    def __init__(self, tokenizer: Tokenizer | None, path: Path) -> None:
+        self._tokenizer = tokenizer
+        self.path = path
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self._tokenizer is not None
+
+    def get(self) -> Tokenizer:
+        with self._lock:
+            if self._tokenizer is None:
+                log.info("reloading the reference tokenizer", extra={"path": str(self.path)})
+                self._tokenizer = Tokenizer.from_file(str(self.path))
+                self._tokenizer.no_truncation()
+                self._tokenizer.no_padding()
+            return self._tokenizer
+
+    def release(self) -> None:
+        """Drop it and give its native memory back to the system (glibc keeps freed heap pages otherwise)."""
+        with self._lock:
+            self._tokenizer = None
+        gc.collect()
+        try:
+            ctypes.CDLL(None).malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc
+            pass
+
+
 @dataclass(frozen=True)
 class Model:
     """A loaded Model2Vec model. `table` is a read-only memory map: [rows, dim] in the stored dtype."""
@@ -53,7 +90,7 @@ class Model:
     name: str
     path: Path
     table: np.ndarray
-    tokenizer: Tokenizer
+    tokenizer_ref: TokenizerRef
     config: dict[str, Any]
     weights: np.ndarray | None = None
     mapping: np.ndarray | None = None
@@ -62,14 +99,16 @@ class Model:
     # added tokens): what the encoder and the fast path's analysis read, without serializing the tokenizer
     tokenizer_spec: dict[str, Any] = field(default_factory=dict)
     tokenizer_file: Path = field(default_factory=Path)
+    vocab_size: int = 0  # tokens, added tokens included
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The reference tokenizer (loaded again if it was released)."""
+        return self.tokenizer_ref.get()
 
     @property
     def dim(self) -> int:
         return int(self.table.shape[1])
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self.tokenizer.get_vocab_size(with_added_tokens=True))
 
     @property
     def dtype(self) -> str:
@@ -230,13 +269,14 @@ def load_model(path: str | os.PathLike[str], name: str | None = None) -> Model:
         name=name or str(config.get("model_name") or Path(path).name),
         path=Path(path),
         table=table,
-        tokenizer=tokenizer,
+        tokenizer_ref=TokenizerRef(tokenizer, tok_file),
         config=config,
         weights=weights,
         mapping=mapping,
         table_file=table_file,
         tokenizer_spec=spec,
         tokenizer_file=tok_file,
+        vocab_size=int(vocab),
     )
     log.info(
         "model loaded",
