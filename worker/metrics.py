@@ -40,7 +40,7 @@ DEAD_LETTER_REASONS = (
     "too_large",
     "encode_error",
 )
-STAGES = ("decode", "encode", "produce", "commit")
+STAGES = ("decode", "encode", "format", "send", "callbacks", "produce", "commit")
 REBALANCE_EVENTS = ("assign", "revoke", "lost")
 
 # 25 us .. 10 s: a batch stage on this workload spans a few hundred microseconds to a few hundred ms.
@@ -94,7 +94,8 @@ class Metrics:
         )
         self.stage_seconds = Histogram(
             f"{PREFIX}_stage_duration_seconds",
-            "Time per batch in each stage: decode, encode (tokenize+pool), produce (until acknowledged), commit.",
+            "Time per batch in each stage: decode, encode (tokenize+pool), format (output values), send (headers and "
+            "produce calls), callbacks (delivery reports served), produce (until acknowledged), commit.",
             ["stage"], buckets=STAGE_BUCKETS, registry=registry,
         )
         self.e2e_seconds = Histogram(
