@@ -98,6 +98,10 @@ class Metrics:
             "produce calls), callbacks (delivery reports served), produce (until acknowledged), commit.",
             ["stage"], buckets=STAGE_BUCKETS, registry=registry,
         )
+        self.stage_cpu = counter(
+            "stage_cpu_seconds_total", "CPU time of the processing loop's thread in each stage (decode, encode, "
+            "format, send, callbacks); the client's own threads (compression, network) are not in it.", ["stage"]
+        )
         self.e2e_seconds = Histogram(
             f"{PREFIX}_end_to_end_latency_seconds",
             "Output acknowledged minus input message timestamp.", buckets=LATENCY_BUCKETS, registry=registry,
@@ -134,6 +138,8 @@ class Metrics:
             self.dead_lettered.labels(reason)
         for stage in STAGES:
             self.stage_seconds.labels(stage)
+        for stage in STAGES[:5]:
+            self.stage_cpu.labels(stage)
         for event in REBALANCE_EVENTS:
             self.rebalances.labels(event)
         self.set_build()

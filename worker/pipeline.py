@@ -302,9 +302,16 @@ class Pipeline:
 
     def _serve_reports(self) -> None:
         """Run the delivery callbacks that are due (the "callbacks" stage)."""
-        t0 = time.perf_counter()
+        t0 = (time.perf_counter(), time.thread_time())
         if self.producer.poll(0):
-            self.metrics.stage_seconds.labels("callbacks").observe(time.perf_counter() - t0)
+            self._lap("callbacks", t0)
+
+    def _lap(self, stage: str, since: tuple[float, float]) -> tuple[float, float]:
+        """End a loop-thread stage begun at `since` (wall, thread CPU): observe both; return now."""
+        now = (time.perf_counter(), time.thread_time())
+        self.metrics.stage_seconds.labels(stage).observe(now[0] - since[0])
+        self.metrics.stage_cpu.labels(stage).inc(max(0.0, now[1] - since[1]))
+        return now
 
     def _account(self, b: PendingBatch) -> None:
         """Metrics of a fully acknowledged batch."""
@@ -425,7 +432,7 @@ class Pipeline:
     def process(self, msgs: list[Message]) -> None:
         """Decode, encode and produce one micro-batch; register it with the offset tracker."""
         m = self.metrics
-        t0 = time.perf_counter()
+        t0 = (time.perf_counter(), time.thread_time())
         real: list[Message] = []
         for msg in msgs:
             err = msg.error()
@@ -442,8 +449,7 @@ class Pipeline:
         m.consumed.inc(n)
         m.bytes_in.inc(sum(len(v) for v in values if v is not None))
         dec = self.decoder.decode(values, keys, where)
-        t1 = time.perf_counter()
-        m.stage_seconds.labels("decode").observe(t1 - t0)
+        t1 = self._lap("decode", t0)
 
         bad = list(dec.bad)
         records: list[OutputRecord] = []
@@ -455,16 +461,14 @@ class Pipeline:
                 log.exception("encoder failed on a batch; dead-lettering its texts")
                 bad.extend((i, Reason.ENCODE_ERROR, f"{type(e).__name__}: {e}"[:500]) for i in dec.good)
                 records = []
-        t2 = time.perf_counter()
-        m.stage_seconds.labels("encode").observe(t2 - t1)
+        t2 = self._lap("encode", t1)
         m.batch_size.observe(n)
 
         next_offsets: dict[tuple[str, int], int] = {}
         for topic, part, off in where:
             next_offsets[(topic, part)] = off + 1
         out_values = self.outputs.values(records, vectors) if records else []
-        t3 = time.perf_counter()
-        m.stage_seconds.labels("format").observe(t3 - t2)
+        t3 = self._lap("format", t2)
         outgoing, too_big = self._output_records(real, records, out_values, keys, where)
         if too_big:
             outgoing = [o for o, r in zip(outgoing, records, strict=True) if r.source not in too_big]
@@ -497,7 +501,7 @@ class Pipeline:
                 produce(topic, value=out_value, key=out_key, headers=headers, on_delivery=cb)  # type: ignore[arg-type]
             except BufferError:  # local queue full: wait for acknowledgements to free space
                 self._produce(topic, out_key, out_value, headers, cb)
-        m.stage_seconds.labels("send").observe(time.perf_counter() - t3)
+        self._lap("send", t3)
         if self.transactional:
             self._commit_transaction(batch, where)
             return

@@ -48,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--processes", default="1,2", help="comma-separated process counts to run, e.g. 1,2")
     p.add_argument("--formats", default="json,f32", help="output formats to run")
     p.add_argument("--max-messages", type=int, default=512, help="EMBED_BATCH__MAX_MESSAGES")
-    p.add_argument("--compression", default=os.environ.get("EMBED_OUTPUT__COMPRESSION", "lz4"),
+    p.add_argument("--compression", default=os.environ.get("EMBED_OUTPUT__COMPRESSION", "none"),
                    help="EMBED_OUTPUT__COMPRESSION for the worker runs; comma-separated = one run per value "
                    "(e.g. lz4,zstd,snappy,none)")
     p.add_argument("--baseline-messages", type=int, default=20_000, help="naive baseline size; 0 = skip")
@@ -200,7 +200,7 @@ def worker_env(bootstrap: str, model: Path, topics: tuple[str, str, str], fmt: s
             "EMBED_OUTPUT__FORMAT": fmt, "EMBED_BATCH__MAX_MESSAGES": str(max_messages),
             "EMBED_BATCH__MAX_WAIT_MS": str(max_wait_ms), "EMBED_METRICS__PORT": "0",
             "EMBED_METRICS__STATISTICS_INTERVAL_MS": "0", "EMBED_LOG__LEVEL": "WARNING",
-            "EMBED_OUTPUT__COMPRESSION": compression or os.environ.get("EMBED_OUTPUT__COMPRESSION", "lz4"),
+            "EMBED_OUTPUT__COMPRESSION": compression or os.environ.get("EMBED_OUTPUT__COMPRESSION", "none"),
             "EMBED_CHUNKING__MODE": os.environ.get("EMBED_CHUNKING__MODE", "off")}
 
 
@@ -501,7 +501,7 @@ def print_split(runs: list[dict[str, Any]], encoder_us: float) -> None:
     from worker.bench.stages import SPLIT_STAGES
 
     cols = [*SPLIT_STAGES, "loop_other", "client_threads"]
-    print(f"\nper message, 1 process (µs; stages are loop-thread wall time; encoder alone {encoder_us:.1f} µs):")
+    print(f"\nCPU per message, 1 process, steady (µs; encoder alone {encoder_us:.1f} µs):")
     print("\n| format | compression | guarantee | " + " | ".join(cols) + " | total CPU | wire bytes |")
     print("|---|---|---|" + "---:|" * (len(cols) + 2))
     for r in rows:

@@ -1,10 +1,11 @@
 """`bench pipeline`'s per-message split of a 1-process worker: where the CPU goes, and the bytes on the wire.
 
-The worker times each batch stage on its loop thread (`embedstream_stage_duration_seconds`: decode, encode,
-format, send, callbacks); the bench scrapes the sums from `/metrics` just before it stops the worker and
-divides by the messages. The loop thread's own CPU and the client threads' CPU (librdkafka: compression,
-network) come from `/proc/<pid>/task/*/stat`. Bytes on the wire: a consumer reads the whole output topic and
-reports librdkafka's `rxbytes` (fetched, still compressed) per message.
+The worker counts the CPU time of its loop thread in each batch stage (`embedstream_stage_cpu_seconds_total`:
+decode, encode, format, send, callbacks); the bench scrapes the counters from `/metrics` at the first output
+and just before it stops the worker, and divides the difference by the messages in between.
+The loop thread's own CPU and the client threads' CPU (librdkafka: compression, network) come from
+`/proc/<pid>/task/*/stat`. Bytes on the wire: a consumer reads the whole output topic and reports
+librdkafka's `rxbytes` (fetched, still compressed) per message.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import orjson
 
 CLK = os.sysconf("SC_CLK_TCK")
 SPLIT_STAGES = ("decode", "encode", "format", "send", "callbacks")
-_SUM = re.compile(r'^embedstream_stage_duration_seconds_sum\{stage="([a-z]+)"\} (\S+)$', re.M)
+_SUM = re.compile(r'^embedstream_stage_cpu_seconds_total\{stage="([a-z]+)"\} (\S+)$', re.M)
 
 
 def free_port() -> int:
@@ -32,7 +33,7 @@ def free_port() -> int:
 
 
 def scrape_stages(port: int) -> dict[str, float]:
-    """Seconds spent so far in each stage, summed over batches, from the worker's /metrics."""
+    """Loop-thread CPU seconds spent so far in each stage, from the worker's /metrics."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             text = r.read().decode()
@@ -87,8 +88,8 @@ def wire_bytes_per_message(bootstrap: str, topic: str, n: int, timeout_s: float 
 
 
 def split_per_message(stages: dict[str, float], main_cpu: float, other_cpu: float, n: int) -> dict[str, float]:
-    """Microseconds per message: each stage (loop-thread wall time), the rest of the loop thread's CPU,
-    and the client threads' CPU."""
+    """Microseconds of CPU per message: each stage, the rest of the loop thread (consume, offsets, metrics),
+    and the client threads (librdkafka: compression, network)."""
     out = {s: stages.get(s, 0.0) / n * 1e6 for s in SPLIT_STAGES}
     out["loop_other"] = max(0.0, main_cpu / n * 1e6 - sum(out.values()))
     out["client_threads"] = other_cpu / n * 1e6
