@@ -232,7 +232,7 @@ def throughput_run(bootstrap: str, model: Path, texts: list[str], partitions: in
     sampler = Sampler(proc.pid)
     sampler.start()
     first_at = cpu_at_first = None
-    split_at_first: tuple[dict[str, float], tuple[float, float]] | None = None
+    split_at_first: tuple[dict[str, float], tuple[float, float, float]] | None = None
     done = done_at_first = 0
     deadline = time.time() + max(300.0, n / 200)
     reader = None
@@ -259,10 +259,9 @@ def throughput_run(bootstrap: str, model: Path, texts: list[str], partitions: in
     cpu_total = sampler.total_cpu()
     split = None
     if port and split_at_first is not None:
-        (s0, (main0, other0)), s1, (main1, other1) = split_at_first, stages.scrape_stages(port), \
-            stages.thread_cpu(proc.pid)
-        split = stages.split_per_message({k: v - s0.get(k, 0.0) for k, v in s1.items()}, main1 - main0,
-                                         other1 - other0, max(1, n - done_at_first))
+        (s0, cpu0), s1, cpu1 = split_at_first, stages.scrape_stages(port), stages.thread_cpu(proc.pid)
+        split = stages.split_per_message({k: v - s0.get(k, 0.0) for k, v in s1.items()}, cpu1[0] - cpu0[0],
+                                         cpu1[1] - cpu0[1], cpu1[2] - cpu0[2], max(1, n - done_at_first))
     _progress(f"{label}: {done:,}/{n:,} outputs in {elapsed:.1f}s\n")
     sampler.stop_event.set()
     proc.send_signal(signal.SIGTERM)
@@ -500,7 +499,7 @@ def print_split(runs: list[dict[str, Any]], encoder_us: float) -> None:
         return
     from worker.bench.stages import SPLIT_STAGES
 
-    cols = [*SPLIT_STAGES, "loop_other", "client_threads"]
+    cols = [*SPLIT_STAGES, "loop_other", "librdkafka", "other_threads"]
     print(f"\nCPU per message, 1 process, steady (µs; encoder alone {encoder_us:.1f} µs):")
     print("\n| format | compression | guarantee | " + " | ".join(cols) + " | total CPU | wire bytes |")
     print("|---|---|---|" + "---:|" * (len(cols) + 2))

@@ -42,24 +42,29 @@ def scrape_stages(port: int) -> dict[str, float]:
     return {stage: float(v) for stage, v in _SUM.findall(text)}
 
 
-def thread_cpu(pid: int) -> tuple[float, float]:
-    """(CPU seconds of the main thread, of all other threads) of a process."""
-    main = other = 0.0
+def thread_cpu(pid: int) -> tuple[float, float, float]:
+    """CPU seconds of a process's main thread, of librdkafka's threads (named rdk:*), of its other threads
+    (the tokenizer's pool, the metrics server). Threads that have exited are not counted."""
+    main = rdk = other = 0.0
     try:
         tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
-        return main, other
+        return main, rdk, other
     for task in tasks:
         try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            stat = (task / "stat").read_text()
+        except OSError:
             continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat.rsplit(")", 1)[1].split()
         cpu = (int(fields[11]) + int(fields[12])) / CLK
         if task.name == str(pid):
             main += cpu
+        elif name.startswith("rdk:"):
+            rdk += cpu
         else:
             other += cpu
-    return main, other
+    return main, rdk, other
 
 
 def wire_bytes_per_message(bootstrap: str, topic: str, n: int, timeout_s: float = 120.0) -> float:
@@ -87,10 +92,12 @@ def wire_bytes_per_message(bootstrap: str, topic: str, n: int, timeout_s: float 
     return rx / max(seen, 1)
 
 
-def split_per_message(stages: dict[str, float], main_cpu: float, other_cpu: float, n: int) -> dict[str, float]:
+def split_per_message(stages: dict[str, float], main_cpu: float, rdk_cpu: float, other_cpu: float, n: int
+                      ) -> dict[str, float]:
     """Microseconds of CPU per message: each stage, the rest of the loop thread (consume, offsets, metrics),
-    and the client threads (librdkafka: compression, network)."""
+    librdkafka's threads (compression, fetch, network) and the other threads (the tokenizer's pool)."""
     out = {s: stages.get(s, 0.0) / n * 1e6 for s in SPLIT_STAGES}
     out["loop_other"] = max(0.0, main_cpu / n * 1e6 - sum(out.values()))
-    out["client_threads"] = other_cpu / n * 1e6
+    out["librdkafka"] = rdk_cpu / n * 1e6
+    out["other_threads"] = other_cpu / n * 1e6
     return out
