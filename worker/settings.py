@@ -161,7 +161,9 @@ class OutputSettings(BaseModel):
         "float32", description="binary format: element type; int8 carries a per-vector scale header."
     )
     compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
-        "lz4", description="Producer compression; lz4 is cheap on CPU and shrinks JSON vectors well."
+        "none", description="Producer compression. none by default: shortest-form JSON vectors and float32 "
+        "are near-random digits and bits, so lz4 and snappy save under 10% of the bytes for CPU that costs more "
+        "than the encoder; zstd halves JSON at about twice that CPU (docs/benchmarks.md)."
     )
     id_field: str = Field("id", min_length=1, description="json: name of the id field.")
     vector_field: str = Field("embedding", min_length=1, description="json: name of the vector field.")
