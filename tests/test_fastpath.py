@@ -326,7 +326,7 @@ def test_whole_text_bpe_whose_tokens_cross_spaces_gates_those_texts(tmp_path):
 
 
 def test_whole_text_bpe_with_too_many_cross_word_tokens_is_off(tmp_path, monkeypatch):
-    import worker.fastpath as fp
+    import worker.fastpath.analysis as fp
 
     monkeypatch.setattr(fp, "MAX_CROSSING_TOKENS", 3)
     enc = Encoder(load_model(write_model(tmp_path / "m", _cross_word_bpe(800), dim=16)))
