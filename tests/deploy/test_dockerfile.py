@@ -132,7 +132,7 @@ def test_builder_installs_the_package_with_hub_extra_in_a_venv() -> None:
     builder = parse()[1]["builder"]
     runs = " ".join(builder.all("RUN"))
     assert "python -m venv /opt/venv" in runs
-    assert 'pip install --no-cache-dir ".[hub]"' in runs
+    assert 'pip install --no-cache-dir ".[hub,fast]"' in runs
 
 
 def test_runtime_copies_only_the_venv_and_has_no_compilers() -> None:
