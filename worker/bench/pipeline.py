@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from worker.bench.startup import free_port, memory_now, report_memory, wait_ready
+
 ROOT = Path(__file__).resolve().parents[2]
 CLK = os.sysconf("SC_CLK_TCK")
 
@@ -219,11 +221,15 @@ def throughput_run(bootstrap: str, model: Path, texts: list[str], partitions: in
     env = worker_env(bootstrap, model, topics, fmt, max_messages)
     env["EMBED_PROCESSING_GUARANTEE"] = guarantee
     env["EMBED_KAFKA__TRANSACTIONAL_ID"] = f"bench-{topics[0]}"
+    port = free_port()
+    env["EMBED_METRICS__PORT"], env["EMBED_METRICS__HOST"] = str(port), "127.0.0.1"
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "worker", "run", "--processes", str(processes)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     sampler = Sampler(proc.pid)
     sampler.start()
+    startup: dict[str, float] = {}
+    threading.Thread(target=wait_ready, args=(port, t0, proc, startup), daemon=True).start()
     first_at = cpu_at_first = None
     done = done_at_first = 0
     deadline = time.time() + max(300.0, n / 200)
@@ -247,6 +253,9 @@ def throughput_run(bootstrap: str, model: Path, texts: list[str], partitions: in
         time.sleep(0.1)
     elapsed = time.perf_counter() - t0
     cpu_total = sampler.total_cpu()
+    kids = children_of(proc.pid)
+    after_private, after_pss = memory_now(kids if processes > 1 or guarantee == "exactly_once" else [proc.pid])
+    after_total_pss = sum(memory_now([proc.pid, *kids])[1])
     _progress(f"{label}: {done:,}/{n:,} outputs in {elapsed:.1f}s\n")
     sampler.stop_event.set()
     proc.send_signal(signal.SIGTERM)
@@ -274,6 +283,10 @@ def throughput_run(bootstrap: str, model: Path, texts: list[str], partitions: in
         "peak_pss_mb": [round(p["pss"] / 2**20, 1) for p in per_proc],
         "peak_private_mb": [round(p["private"] / 2**20, 1) for p in per_proc],
         "peak_total_pss_mb": round(sampler.peak_total_pss / 2**20, 1),
+        # Start-up = process start to /readyz 200; memory read once the output holds every message.
+        "startup_s": startup.get("startup_s", float("nan")),
+        "after_private_mb": after_private, "after_pss_mb": after_pss,
+        "after_total_pss_mb": round(after_total_pss, 1),
     }
 
 
@@ -524,6 +537,7 @@ def run_all(args: argparse.Namespace, bootstrap: str) -> int:
               f"{r['steady_cpu_s_per_10k']:.3f} ({r['cpu_basis']}) | {r['overhead_ratio']:.2f} | "
               f"{r['peak_rss_mb']} | {r['peak_pss_mb']} | {r['peak_private_mb']} | {r['peak_total_pss_mb']} |",
               flush=True)
+    report_memory(results["runs"])
     if args.baseline_messages:
         base = naive_run(bootstrap, model, texts[: args.baseline_messages], args.partitions)
         results["baseline"] = base
