@@ -23,11 +23,11 @@ def wait_ready(port: int, t0: float, proc: subprocess.Popen[bytes], out: dict[st
 
     while proc.poll() is None:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as r:
                 if r.status == 200:
                     out["startup_s"] = time.perf_counter() - t0
                     return
-        except OSError:
+        except Exception:  # not listening yet, 503, a busy process's slow answer: ask again
             pass
         time.sleep(0.05)
 
