@@ -192,10 +192,9 @@ class Supervisor:
             self.parallelism_set_by_us = self.k == 1
         from worker.app import load_encoder
 
-        self.loaded = load_encoder(self.settings.model)
+        self.loaded = load_encoder(self.settings.model)  # collects and trims the heap, too
         # Objects that exist now are never collected: the collector then never writes to their pages, so
         # they stay shared with the children.
-        gc.collect()
         gc.freeze()
 
     def _start(self, child: Child) -> None:
