@@ -38,6 +38,12 @@ def test_two_processes_on_the_gemma_like_model_share_the_tokenizer(bootstrap, to
     collector = Collector(bootstrap, out)
     try:
         worker.wait_ready(timeout=180)
+        # Start-up is exported per process: from the supervisor's start to ready, and the one model load.
+        wait_for(lambda: total(worker, "embedstream_startup_seconds") > 0, 30, "the start-up gauges")
+        _, body = worker.get("/metrics")
+        loads = [float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+                 if line.startswith("embedstream_model_load_seconds{")]
+        assert len(loads) == 2 and loads[0] > 0 and loads[0] == loads[1]  # loaded once, before the fork
         records = collector.poll_until(n, timeout=300)
         wait_for(lambda: total(worker, "embedstream_messages_produced_total") >= n, 30, "the produced counter")
         pids = child_pids(worker)
