@@ -33,7 +33,7 @@ COPY pyproject.toml README.md ./
 COPY worker ./worker
 # DL3013: "." is this project, not a registry package; its dependency ranges live in pyproject.toml.
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir ".[hub]" \
+RUN pip install --no-cache-dir ".[hub,fast]" \
     && python -m compileall -q /opt/venv/lib \
     && embedstream --help > /dev/null
 

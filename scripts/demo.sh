@@ -13,7 +13,7 @@ metrics_port="${EMBED_METRICS__PORT:-9100}"
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[hub]'
+.venv/bin/python -m pip install -q -e '.[hub,fast]'
 
 if [ -z "${EMBED_MODEL__PATH:-}" ]; then
   if model="$(.venv/bin/python - <<'PY' 2>/dev/null

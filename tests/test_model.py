@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -140,8 +141,8 @@ CHILD = textwrap.dedent(
     stats, current = {}, None
     for line in open("/proc/self/smaps"):
         head = line.split()
-        if "-" in head[0] and len(head) >= 6:
-            current = head[5] if head[-1] == target else None
+        if "-" in head[0] and len(head) >= 5 and len(head[1]) == 4:  # a mapping's header (anonymous: no path)
+            current = head[5] if len(head) >= 6 and head[-1] == target else None
             continue
         if current and len(head) == 3 and head[2] == "kB":
             stats[head[0].rstrip(":")] = stats.get(head[0].rstrip(":"), 0) + int(head[1]) * 1024
@@ -156,6 +157,7 @@ CHILD = textwrap.dedent(
 def test_two_processes_share_one_copy_of_the_table(model_factory):
     folder = model_factory("wordpiece", dim=4096)  # 600 x 4096 float32 = 9.4 MiB
     table_bytes = 600 * 4096 * 4
+    os.sync()  # a file written moments ago may still have dirty pages, which smaps counts as anonymous
     procs = []
     try:
         readings = []

@@ -51,7 +51,8 @@ def open_encoder(ms: ModelSettings) -> tuple[Encoder, str]:
             raise ModelError(f"{ms.fast_path_check_file}: cannot read the fast-path check file "
                              f"(EMBED_MODEL__FAST_PATH_CHECK_FILE): {e}") from None
     encoder = Encoder(model, max_length=ms.max_length, normalize=ms.normalize, fast_path=ms.fast_path,
-                      fast_path_cache_mb=ms.fast_path_cache_mb, fast_path_check_texts=check_texts)
+                      fast_path_cache_mb=ms.fast_path_cache_mb, fast_path_check_texts=check_texts,
+                      tokenizer=ms.tokenizer)
     return encoder, model.name
 
 
@@ -96,10 +97,12 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *, inst
     health.model_loaded = True
     m = encoder.model
     metrics.set_model(name=name, dim=m.dim, vocab_size=m.vocab_size, dtype=m.dtype, table_bytes=m.table_bytes,
-                      fast_path=encoder.fast_path_status)
+                      fast_path=encoder.fast_path_status, tokenizer=encoder.tokenizer_description)
     metrics.model_load_seconds.set(loaded.seconds)
     metrics.update_memory()
     pipeline = Pipeline(settings, encoder, name, metrics, health)
+    if encoder.release_reference():  # after the pipeline took what it needs (the chunker's own copy)
+        log.info("reference tokenizer released", extra={"model": name, "tokenizer": encoder.backend.name})
     if install_signals and threading.current_thread() is threading.main_thread():
         install_signal_handlers(pipeline)
     return pipeline, metrics, health

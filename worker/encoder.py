@@ -18,20 +18,19 @@ reproduces this exact path, token for token, on a self-check corpus (`fast_path=
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import chain
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
 from tokenizers import Tokenizer
 
-from worker.fastpath import FastPath, FastPathUnsupported, Verification, analyze, check_corpus, verify
+from worker.fastpath import FastPath, FastPathUnsupported, Verification, analyze, check_corpus, light_spec, verify
 from worker.model import Model
+from worker.tokenizers_fast import Backend, TokenizersBackend, cut_ids, select
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +46,31 @@ class Encoded:
     token_counts: np.ndarray
 
 
-def unknown_token_id(tokenizer: Tokenizer) -> int | None:
+def tokenizer_spec(model: Model) -> dict[str, Any]:
+    """tokenizer.json without vocabulary and merges, as read at load (one JSON round trip where it was not)."""
+    if model.tokenizer_spec:
+        return model.tokenizer_spec
+    spec = json.loads(model.tokenizer.to_str())
+    return light_spec(spec)
+
+
+def unknown_token_id(tokenizer: Tokenizer, spec: dict[str, Any]) -> int | None:
     """The id model2vec drops from every encoding (WordPiece/BPE/WordLevel unk_token, Unigram unk_id)."""
     model = tokenizer.model
     if hasattr(model, "unk_token"):
         token = model.unk_token
         return None if token is None else tokenizer.token_to_id(token)
-    unk = json.loads(tokenizer.to_str())["model"].get("unk_id")
+    unk = (spec.get("model") or {}).get("unk_id")
     return None if unk is None else int(unk)
+
+
+def median_token_length(tokenizer: Tokenizer, spec: dict[str, Any]) -> int:
+    """The median length of the vocabulary's tokens (added tokens included), as model2vec computes it."""
+    known = spec.get("median_token_length")
+    if isinstance(known, int):
+        return known
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    return int(np.median([len(t) for t in vocab])) if vocab else 1
 
 
 class Encoder:
@@ -69,6 +85,7 @@ class Encoder:
         fast_path: FastPathMode = "auto",
         fast_path_cache_mb: float = 256,
         fast_path_check_texts: Sequence[str] | None = None,
+        tokenizer: str = "auto",
     ) -> None:
         self.model = model
         cfg_max = model.config.get("max_length", DEFAULT_MAX_LENGTH)
@@ -76,46 +93,56 @@ class Encoder:
         self.normalize = bool(model.config.get("normalize", False)) if normalize is None else normalize
         self.dim = model.dim
 
-        tok = copy.deepcopy(model.tokenizer)
-        padding = tok.padding
-        if padding is not None:
-            tok.enable_padding(pad_id=padding["pad_id"], pad_token=padding["pad_token"],
-                               pad_type_id=padding["pad_type_id"], length=0)
-        if self.max_length is None:
-            tok.no_truncation()
-        else:
-            tok.enable_truncation(self.max_length)
-        self.tokenizer = tok
-        self._encode_batch = getattr(tok, "encode_batch_fast", tok.encode_batch)
-        self.unk_id = unknown_token_id(tok)
+        # One tokenizer, the model's own, never copied (a 262k-token tokenizer takes seconds to copy): no
+        # truncation or padding; the ids are cut to max_length here, the same way for every backend.
+        tok = model.tokenizer
+        tok.no_truncation()
+        tok.no_padding()
+        spec = tokenizer_spec(model)
+        self.spec = spec
+        self.unk_id = unknown_token_id(tok, spec)
 
         # model2vec cuts each text to max_length * median token length characters before tokenizing.
-        vocab = tok.get_vocab(with_added_tokens=True)
-        self.median_token_length = int(np.median([len(t) for t in vocab])) if vocab else 1
+        self.median_token_length = median_token_length(tok, spec)
         self.char_limit = None if self.max_length is None else self.max_length * self.median_token_length
+        check = check_corpus(tok) + list(fast_path_check_texts or [])
+        self._check_texts = check
+        self.tokenizer_selection = select(tok, model.tokenizer_file if model.tokenizer_file.is_file() else None,
+                                          tokenizer, self._cut(check))
+        self.backend: Backend = self.tokenizer_selection.backend
+        log.info("tokenizer", extra={"model": model.name, "tokenizer": self.backend.name,
+                                     "reason": self.tokenizer_selection.reason,
+                                     "seconds": round(self.tokenizer_selection.seconds, 3)})
 
         self._table = model.table
         # CSR can multiply the mapped table in place (a column slice, from `dimensions`, is gathered instead)
         self._direct = model.table.dtype == np.float32 and model.table.flags.c_contiguous
         self._weights = None if model.weights is None else np.asarray(model.weights, dtype=np.float32)
         self._mapping = model.mapping
+        self._where = np.zeros(0 if self._direct else model.table.shape[0], dtype=np.int64)  # scratch, per row
 
         self._fast: FastPath | None = None
         self.fast_path_verification: Verification | None = None
         self._fast_status = "off: disabled by setting"
         if fast_path not in ("auto", "on", "off"):
             raise ValueError(f"fast_path must be auto, on or off, not {fast_path!r}")
-        if fast_path != "off":
+        if fast_path == "auto" and not isinstance(self.backend, TokenizersBackend):
+            # Measured (docs/benchmarks.md): a faster library tokenizes a batch in less time than the piece cache
+            # takes to split and look it up, so the cache only pays in front of the reference tokenizer.
+            self._fast_status = f"off: {self.backend.name} tokenizes faster than the piece cache"
+        elif fast_path != "off":
             self._setup_fast_path(fast_path, fast_path_cache_mb, fast_path_check_texts)
 
     # --- fast path -----------------------------------------------------------------------------------
 
     def _setup_fast_path(self, mode: FastPathMode, cache_mb: float, extra: Sequence[str] | None) -> None:
         try:
-            scheme = analyze(self.tokenizer)
+            scheme = analyze(self.spec)
+            # A faster library fills one text per piece; the reference joins pieces where that is safe (fewer calls).
             fast = FastPath(tokenizer=self.tokenizer, scheme=scheme, unk_id=self.unk_id, max_length=self.max_length,
-                            cache_bytes=int(cache_mb * 1024 * 1024))
-            texts = check_corpus(self.tokenizer) + list(extra or [])
+                            cache_bytes=int(cache_mb * 1024 * 1024), spec=self.spec, fill=self.backend.encode_flat,
+                            join_pieces=isinstance(self.backend, TokenizersBackend))
+            texts = self._check_texts
             result = verify(fast, texts, exact_encode=self._encode_exact,
                             fast_encode=lambda t: self._encode_with(fast, t), cut=self._cut)
         except FastPathUnsupported as e:
@@ -142,6 +169,24 @@ class Encoder:
         else:
             self._fast_status = f"off: {result.reason}"
             log.warning("fast path off: self-check failed", extra=info | {"reason": result.reason})
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The reference tokenizer (`tokenizers`), reloaded if it was released."""
+        return self.model.tokenizer
+
+    def release_reference(self) -> bool:
+        """Free the reference tokenizer's memory where nothing of this encoder uses it any more: a faster library
+        runs and the fast path is off. Returns whether it was released."""
+        if isinstance(self.backend, TokenizersBackend) or self._fast is not None:
+            return False
+        self.model.tokenizer_ref.release()
+        return True
+
+    @property
+    def tokenizer_description(self) -> str:
+        """The tokenizer library that runs, and why: "gigatoken: same ids as tokenizers on 595 self-check texts"."""
+        return f"{self.backend.name}: {self.tokenizer_selection.reason}"
 
     @property
     def fast_path_status(self) -> str:
@@ -193,21 +238,10 @@ class Encoder:
         return self._finish(self.pool(flat, counts))
 
     def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Token ids of the batch, flat (int64), and the count per text, unknown tokens removed."""
-        if self.char_limit is not None and max(map(len, texts), default=0) > self.char_limit:
-            limit = self.char_limit
-            texts = [t[:limit] for t in texts]
-        encodings = self._encode_batch(list(texts), add_special_tokens=False)
-        id_lists = [e.ids for e in encodings]
-        counts = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
-        flat = np.fromiter(chain.from_iterable(id_lists), dtype=np.int64, count=int(counts.sum()))
-        if self.unk_id is not None and flat.size:
-            keep = flat != self.unk_id
-            if not keep.all():
-                owner = np.repeat(np.arange(len(id_lists)), counts)[keep]
-                flat = flat[keep]
-                counts = np.bincount(owner, minlength=len(id_lists)).astype(np.int64)
-        return flat, counts
+        """Token ids of the batch, flat (int64), and the count per text: model2vec's character pre-cut, the
+        first max_length tokens, unknown tokens removed."""
+        flat, counts = self.backend.encode_flat(self._cut(texts))
+        return cut_ids(flat, counts, self.max_length, self.unk_id)
 
     def pool(self, flat: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """Mean (weighted if the model has weights) of each text's token rows; float32 [n, dim]."""
@@ -223,12 +257,24 @@ class Encoder:
             m = sp.csr_matrix((data, rows, indptr), shape=(n, self._table.shape[0]))
             out = m @ self._table
         else:
-            gathered = self._table[rows].astype(np.float32)
-            m = sp.csr_matrix((data, np.arange(rows.size), indptr), shape=(n, rows.size))
+            # float16/int8 (or a column slice): convert each distinct row of the batch once, not every token's
+            distinct, columns = self._distinct(rows)
+            gathered = self._table[distinct].astype(np.float32)
+            m = sp.csr_matrix((data, columns, indptr), shape=(n, distinct.size))
             out = m @ gathered
         out = np.ascontiguousarray(out, dtype=np.float32)
         out /= np.maximum(counts, 1).astype(np.float32)[:, None]
         return out
+
+    def _distinct(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct rows of a batch (ascending) and each token's position among them."""
+        if rows.size * 8 < self._table.shape[0]:  # few tokens: sorting them beats a pass over the vocabulary
+            return np.unique(rows, return_inverse=True)
+        seen = np.bincount(rows, minlength=self._table.shape[0])
+        distinct = np.flatnonzero(seen)
+        where = self._where
+        where[distinct] = np.arange(distinct.size, dtype=np.int64)
+        return distinct, where[rows]
 
     def encode_batch(self, texts: Sequence[str]) -> Encoded:
         """Encode a micro-batch; also returns the pooled token count of each text (for metrics)."""

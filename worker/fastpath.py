@@ -70,6 +70,7 @@ log = logging.getLogger(__name__)
 CHECK_BUDGET = 64 * 1024 * 1024  # cache bound while self-checking (preallocated lazily: only used pages count)
 FIRST = "\x00"  # key prefix of a text's first word ("spaced" schemes); a text containing it takes the exact path
 _WHITESPACE_SPACE = re.compile(r"\s ")  # whitespace then a space: byte-level BPE's regex may join them
+MAX_CROSSING_TOKENS = 1000  # more vocabulary tokens across a word boundary than this: the fast path stays off
 ENTRY_OVERHEAD = 112  # bytes per entry beyond its key string(s) and ids: dict entry, slot arrays, list slot
 
 # Normalizers that act on each character (or on a run of characters between two starters) only, so that
@@ -100,6 +101,8 @@ class Scheme:
     edge_spaces: bool = True  # a text may start or end with a space (else it takes the exact path)
     space_after_whitespace: bool = True  # a space may follow other whitespace ("\n "; else: exact path)
     gate_chars: tuple[str, ...] = ()  # a text containing one of these takes the exact path
+    cross_word: tuple[str, ...] = ()  # raw forms of vocabulary tokens across a word boundary (also gated): pieces
+    # are then filled one by one, never joined with other texts' pieces
 
 
 def _normalizer_types(node: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -135,10 +138,76 @@ def _lowercases(node: dict[str, Any] | None) -> bool:
                for n in steps)
 
 
-def analyze(tokenizer: Tokenizer) -> Scheme:
-    """The piece scheme of `tokenizer`, or FastPathUnsupported naming the component it cannot handle."""
-    spec = json.loads(tokenizer.to_str())
+def analyze(spec: dict[str, Any] | Tokenizer) -> Scheme:
+    """The piece scheme of a tokenizer from its tokenizer.json (as `light_spec` gives it), or FastPathUnsupported
+    naming the component it cannot handle. A `Tokenizer` is serialized first (slow for a large vocabulary)."""
+    if isinstance(spec, Tokenizer):
+        spec = light_spec(json.loads(spec.to_str()))
     return replace(_analyze(spec), ascii_lower=_lowercases(spec.get("normalizer")))
+
+
+def _marks(spec: dict[str, Any]) -> set[str]:
+    """Characters a tokenizer may put where a space was: U+2581, and any single-character Replace content or
+    Metaspace replacement in its spec."""
+    found = {"\u2581"}
+    for n in _normalizer_types(spec.get("normalizer")):
+        content = n.get("content")
+        if n.get("type") == "Replace" and isinstance(content, str) and len(content) == 1:
+            found.add(content)
+    pre = spec.get("pre_tokenizer") or {}
+    for step in pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]:
+        if step.get("type") == "Metaspace":
+            found.add(str(step.get("replacement", "\u2581")))
+    return found
+
+
+def light_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """A full tokenizer.json spec without its vocabulary and merges, with `vocab_summary` in their place."""
+    out = dict(spec)
+    out.update(vocab_summary(spec))
+    out["model"] = {k: v for k, v in (spec.get("model") or {}).items() if k not in ("vocab", "merges")}
+    return out
+
+
+def vocab_summary(spec: dict[str, Any]) -> dict[str, Any]:
+    """What the encoder and the analysis need from a full tokenizer.json's vocabulary, so that it can be
+    dropped after load: model2vec's median token length (added tokens included) and, per space marker, the
+    tokens that join a character to the marker after it (whole-text BPE merges across a word boundary)."""
+    model = spec.get("model") or {}
+    vocab = model.get("vocab") or {}
+    tokens = [t[0] for t in vocab] if isinstance(vocab, list) else list(vocab)
+    every = set(tokens) | {a.get("content") for a in spec.get("added_tokens") or [] if a.get("content")}
+    median = int(np.median([len(t) for t in every])) if every else 1
+    joins: dict[str, list[str]] = {}
+    for mark in _marks(spec):
+        found = []
+        for token in tokens:
+            at = token.find(mark, 1)
+            while at > 0:
+                if token[at - 1] != mark:
+                    found.append(token)
+                    break
+                at = token.find(mark, at + 1)
+        joins[mark] = found
+    return {"median_token_length": median, "marker_joins": joins}
+
+
+def _effective_pre_tokenizer(pre: dict[str, Any] | None, normalizer: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The pre-tokenizer as it acts: a `Split` on a string that the normalizer's last step has replaced everywhere
+    (Gemma 3: Replace(" " -> "\u2581"), then Split(" ")) never finds it, so it is no pre-tokenizer."""
+    if pre is None or pre.get("type") != "Split" or pre.get("invert"):
+        return pre
+    pattern = pre.get("pattern") or {}
+    text = pattern.get("String") if isinstance(pattern, dict) else None
+    steps = _normalizer_types(normalizer)
+    if not text or not steps:
+        return pre
+    last = steps[-1]
+    last_pattern = last.get("pattern") or {}
+    if (last.get("type") == "Replace" and isinstance(last_pattern, dict) and last_pattern.get("String") == text
+            and text not in str(last.get("content", text))):
+        return None
+    return pre
 
 
 def _analyze(spec: dict[str, Any]) -> Scheme:
@@ -148,13 +217,10 @@ def _analyze(spec: dict[str, Any]) -> Scheme:
         raise FastPathUnsupported(f"model type {kind} is not implemented by the fast path")
     if kind == "BPE" and model.get("dropout") not in (None, 0, 0.0):
         raise FastPathUnsupported("BPE dropout makes tokenization random")
-    for added in spec.get("added_tokens") or []:
-        if added.get("normalized") and added.get("content") and spec.get("normalizer") is not None:
-            raise FastPathUnsupported(f"added token {added.get('content')!r} is matched after normalization")
     normalizer = spec.get("normalizer")
-    pre = spec.get("pre_tokenizer")
+    pre = _effective_pre_tokenizer(spec.get("pre_tokenizer"), normalizer)
     if pre is None or (pre.get("type") == "Metaspace" and not pre.get("split", True)):
-        return _whole_text_bpe(model, normalizer, pre)
+        return _whole_text_bpe(model, normalizer, pre, spec.get("marker_joins"))
     steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
     if not steps:
         raise FastPathUnsupported("empty pre-tokenizer sequence")
@@ -190,7 +256,8 @@ def _analyze(spec: dict[str, Any]) -> Scheme:
     raise FastPathUnsupported(f"pre-tokenizer {t0} is not implemented by the fast path")
 
 
-def _whole_text_bpe(model: dict[str, Any], normalizer: dict[str, Any] | None, pre: dict[str, Any] | None) -> Scheme:
+def _whole_text_bpe(model: dict[str, Any], normalizer: dict[str, Any] | None, pre: dict[str, Any] | None,
+                    joins: dict[str, list[str]] | None) -> Scheme:
     """SentencePiece BPE as converted for Gemma or Llama: no pre-tokenizer, spaces become a marker ("\u2581"), and
     BPE runs over the whole text. Its pieces are still independent if no vocabulary token joins a character to
     a marker after it (then no merge ever crosses "x|\u2581"); the cut is before a space that follows a
@@ -228,14 +295,22 @@ def _whole_text_bpe(model: dict[str, Any], normalizer: dict[str, Any] | None, pr
         scheme = Scheme(spaced=True, space_runs=False, first_alias=prepend in ("always", "first"), replacement=mark,
                         description=f"spaced: whole-text BPE, Metaspace(split=false, prepend_scheme={prepend})",
                         gate_chars=(mark,))
-    vocab = model.get("vocab") or {}
-    for token in vocab:
-        at = token.find(mark, 1)
-        while at > 0:
-            if token[at - 1] != mark:
-                raise FastPathUnsupported(f"BPE over a whole text whose vocabulary token {token!r} joins a "
-                                          "character to the space after it")
-            at = token.find(mark, at + 1)
+    if joins is None or mark not in joins:
+        raise FastPathUnsupported("BPE over a whole text: the vocabulary was not summarized (vocab_summary)")
+    crossing = joins[mark]
+    if crossing and (normalizer is None or any(n.get("type") not in ("Replace", "Prepend")
+                                               for n in _normalizer_types(normalizer))):
+        raise FastPathUnsupported(f"BPE over a whole text whose vocabulary token {crossing[0]!r} joins a character "
+                                  "to the space after it (and the normalizer may change the text around it)")
+    if len(crossing) > MAX_CROSSING_TOKENS:
+        raise FastPathUnsupported(f"BPE over a whole text with {len(crossing)} vocabulary tokens that join a "
+                                  f"character to the space after it (e.g. {crossing[0]!r})")
+    # A text holding a crossing token's raw form (the marker back to a space) takes the exact path.
+    raw = tuple(sorted({t.replace(mark, " ") for t in crossing}))
+    if raw:
+        scheme = replace(scheme, gate_chars=scheme.gate_chars + raw, cross_word=raw,
+                         description=f"{scheme.description}; {len(raw)} cross-word token(s) gated: "
+                                     f"{', '.join(repr(r) for r in raw[:3])}")
     return scheme
 
 
@@ -243,6 +318,45 @@ def added_contents(tokenizer: Tokenizer) -> tuple[str, ...]:
     """The contents of added tokens: a text containing one takes the exact path."""
     decoder = tokenizer.get_added_tokens_decoder()
     return tuple(sorted({t.content for t in decoder.values() if t.content}))
+
+
+def literal_regex(strings: Sequence[str]) -> re.Pattern[str] | None:
+    """One regex that finds any of `strings`, built as a trie (a model may have thousands of added tokens:
+    Gemma 3 has 6,415), so a search costs about one step per character of the text."""
+    trie: dict[str, Any] = {}
+    for text in strings:
+        if not text:
+            continue
+        node = trie
+        for ch in text:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+
+    def build(node: dict[str, Any]) -> str:
+        alts = [re.escape(ch) + build(child) for ch, child in sorted(node.items()) if ch]
+        if not alts:
+            return ""
+        body = alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+        return f"(?:{body})?" if "" in node else body
+
+    return re.compile(build(trie)) if trie else None
+
+
+def _flat_encoder(tokenizer: Tokenizer) -> Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]:
+    def encode(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        id_lists = [e.ids for e in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+        counts = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
+        return np.fromiter(chain.from_iterable(id_lists), dtype=np.int64, count=int(counts.sum())), counts
+
+    return encode
+
+
+def _trims_offsets(node: dict[str, Any] | None) -> bool:
+    if not node:
+        return False
+    if node.get("type") == "Sequence":
+        return any(_trims_offsets(n) for n in node.get("processors", []))
+    return node.get("type") in ("ByteLevel", "RobertaProcessing")
 
 
 def _take(seq: Sequence[str], positions: list[int]) -> list[str]:
@@ -264,20 +378,39 @@ class FastPath:
         unk_id: int | None,
         max_length: int | None,
         cache_bytes: int,
+        spec: dict[str, Any] | None = None,
+        fill: Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]] | None = None,
+        join_pieces: bool = True,
     ) -> None:
         self.reference = tokenizer  # the exact path's tokenizer (the self-check lifts its truncation)
-        # The fill copy has no truncation, padding or post-processor (with add_special_tokens=False a
-        # post-processor changes no id, but it may trim offsets, which give tokens back to their pieces).
-        tok = Tokenizer.from_str(tokenizer.to_str())
+        spec = spec or {}
+        self.contents = added_contents(tokenizer)
+        # Added tokens matched after normalization (XLM-R style): gate on the texts' normalized form.
+        normalized = [a["content"] for a in spec.get("added_tokens") or []
+                      if a.get("normalized") and a.get("content")] if spec.get("normalizer") else []
+        # Joining many pieces into one string for the tokenizer is safe only where nothing can match across
+        # two pieces: no vocabulary token across a word boundary, no added token with a space in it.
+        if scheme.cross_word or any(" " in c for c in [*self.contents, *normalized]):
+            join_pieces = False
+        if fill is None and not join_pieces:
+            fill = _flat_encoder(tokenizer)
+        self.fill = None if join_pieces else fill  # one text per piece (a flat encoder)
+        tok = tokenizer
+        if self.fill is None and _trims_offsets(spec.get("post_processor")):
+            # The fill gives tokens back to their pieces by offset; a ByteLevel/Roberta post-processor trims
+            # offsets (it changes no id with add_special_tokens=False), so the fill gets a copy without it.
+            tok = Tokenizer.from_str(tokenizer.to_str())
+            tok.post_processor = None
         tok.no_truncation()
         tok.no_padding()
-        tok.post_processor = None
         self.tokenizer = tok
         self.scheme = scheme
         self.unk_id = unk_id
         self.max_length = max_length
-        self.contents = added_contents(tok)
         self._normalizer = tok.normalizer
+        probes = list(self.contents) + list(scheme.gate_chars) + ([] if scheme.space_runs else ["  "])
+        self._probe = literal_regex(probes)
+        self._normalized_probe = literal_regex(normalized)
         self._first_ok: dict[str, bool] = {}
         self.set_budget(cache_bytes)
 
@@ -436,6 +569,10 @@ class FastPath:
     def _tokenize_pieces(self, keys: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Tokenize the pieces of `keys` with one tokenizer call: (ids int32, the keys' order in them, the
         number of ids of each key in that order)."""
+        if self.fill is not None:  # a flat encoder: one text per piece, no offsets needed
+            texts = [k[1:] if k[:1] == FIRST else " " + k for k in keys] if self.scheme.spaced else keys
+            flat, lengths = self.fill(texts)
+            return flat.astype(np.int32), np.arange(len(keys), dtype=np.int64), lengths
         strings, seq, piece_at = self._strings(keys)
         encs = self.tokenizer.encode_batch(strings, add_special_tokens=False)
         id_lists = [e.ids for e in encs]
@@ -462,12 +599,14 @@ class FastPath:
         joined = FIRST.join(texts)
         if joined.count(FIRST) != max(n - 1, 0):  # the key marker inside a text
             flag(np.fromiter(map(str.__contains__, texts, repeat(FIRST)), dtype=bool, count=n))
-        probes = list(self.contents) + list(self.scheme.gate_chars)
-        if not self.scheme.space_runs:
-            probes.append("  ")
-        for p in probes:  # a hit across the joiner is a false alarm, which the per-text check clears
-            if p in joined:
-                flag(np.fromiter(map(str.__contains__, texts, repeat(p)), dtype=bool, count=n))
+        probe = self._probe  # a hit across the joiner is a false alarm, which the per-text check clears
+        if probe is not None and probe.search(joined):
+            flag(np.fromiter((probe.search(t) is not None for t in texts), dtype=bool, count=n))
+        if self._normalized_probe is not None and self._normalizer is not None:
+            normalized = list(map(self._normalizer.normalize_str, texts))
+            if self._normalized_probe.search(FIRST.join(normalized)):
+                flag(np.fromiter((self._normalized_probe.search(t) is not None for t in normalized), dtype=bool,
+                                 count=n))
         if not self.scheme.space_after_whitespace and _WHITESPACE_SPACE.search(joined):
             flag(np.fromiter((_WHITESPACE_SPACE.search(t) is not None for t in texts), dtype=bool, count=n))
         if not self.scheme.edge_spaces:
@@ -724,6 +863,13 @@ _CHECK_TEXTS = [
     "ⅰⅱⅲ ℌℑℜ 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 𝐁𝐨𝐥𝐝 ＡＢＣ ｱｲｳ ㌀ ㍻",
     "unknownish zzzzqqqq ŧŋđ ʃʒ ☃ ⌘ ∑ ∫ √ ∞ ≠ ≤",
     "Ǆ ǅ ǆ ﬀ ﬃ ſt ß ŉ ǰ ΐ ΰ և",
+    "A\U0002ee5e AB\U0002ee5e q x\U0001f600y \U00020000漢 𝄞clef \U0010fffd",
+    "<p>Hello <b>world</b></p> <div class=\"x\"> </div> <td>1</td><td>2</td> <unused3> <start_of_turn>",
+    "> </ >  </ a> </b> x>▁</y",
+    "line one\nline two\n\nparagraph\tcol1\tcol2\r\n  indented\n\tx",
+    "def f(x):\n    return {'k': [1, 2]}  # note\n\nclass A:\n\tpass\n",
+    "bytes \x00\x01\x1f\x7f \u00ad\u200d\u2028 \ufeff\ufffe end",
+    "<pad> <eos> <bos> <unk> <mask> [multimodal] <image_soft_token> </s> <s>",
 ]
 
 

@@ -43,7 +43,7 @@ DEAD_LETTER_REASONS = (
     "too_large",
     "encode_error",
 )
-STAGES = ("decode", "encode", "produce", "commit")
+STAGES = ("decode", "encode", "format", "send", "callbacks", "produce", "commit")
 REBALANCE_EVENTS = ("assign", "revoke", "lost")
 
 # 25 us .. 10 s: a batch stage on this workload spans a few hundred microseconds to a few hundred ms.
@@ -97,8 +97,13 @@ class Metrics:
         )
         self.stage_seconds = Histogram(
             f"{PREFIX}_stage_duration_seconds",
-            "Time per batch in each stage: decode, encode (tokenize+pool), produce (until acknowledged), commit.",
+            "Time per batch in each stage: decode, encode (tokenize+pool), format (output values), send (headers and "
+            "produce calls), callbacks (delivery reports served), produce (until acknowledged), commit.",
             ["stage"], buckets=STAGE_BUCKETS, registry=registry,
+        )
+        self.stage_cpu = counter(
+            "stage_cpu_seconds_total", "CPU time of the processing loop's thread in each stage (decode, encode, "
+            "format, send, callbacks); the client's own threads (compression, network) are not in it.", ["stage"]
         )
         self.e2e_seconds = Histogram(
             f"{PREFIX}_end_to_end_latency_seconds",
@@ -142,6 +147,8 @@ class Metrics:
             self.dead_lettered.labels(reason)
         for stage in STAGES:
             self.stage_seconds.labels(stage)
+        for stage in STAGES[:5]:
+            self.stage_cpu.labels(stage)
         for event in REBALANCE_EVENTS:
             self.rebalances.labels(event)
         self.set_build()
@@ -149,9 +156,11 @@ class Metrics:
     def set_build(self, **extra: str) -> None:
         self.build_info.info({"version": __version__, "python": platform.python_version(), **extra})
 
-    def set_model(self, *, name: str, dim: int, vocab_size: int, dtype: str, table_bytes: int, fast_path: str) -> None:
+    def set_model(self, *, name: str, dim: int, vocab_size: int, dtype: str, table_bytes: int, fast_path: str,
+                  tokenizer: str = "tokenizers") -> None:
         self.model_info.info(
-            {"model": name, "dim": str(dim), "vocab_size": str(vocab_size), "dtype": dtype, "fast_path": fast_path}
+            {"model": name, "dim": str(dim), "vocab_size": str(vocab_size), "dtype": dtype, "fast_path": fast_path,
+             "tokenizer": tokenizer}
         )
         self.table_bytes.set(table_bytes)
 

@@ -7,16 +7,22 @@ needs. Every way a model folder can be wrong fails here, at load, with the file 
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import logging
 import os
 import struct
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 from tokenizers import Tokenizer
+
+from worker.fastpath import light_spec
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +49,40 @@ class ModelError(Exception):
     """A model cannot be found or loaded; the message names the file or setting and the problem."""
 
 
+class TokenizerRef:
+    """The reference tokenizer (`tokenizers`, what model2vec runs), released when a faster library took over and
+    nothing else needs it: Gemma 3's holds ~280 MB of native memory per process. Loaded again from its file, on
+    first use, if something asks for it afterwards."""
+
+    def __init__(self, tokenizer: Tokenizer | None, path: Path) -> None:
+        self._tokenizer = tokenizer
+        self.path = path
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self._tokenizer is not None
+
+    def get(self) -> Tokenizer:
+        with self._lock:
+            if self._tokenizer is None:
+                log.info("reloading the reference tokenizer", extra={"path": str(self.path)})
+                self._tokenizer = Tokenizer.from_file(str(self.path))
+                self._tokenizer.no_truncation()
+                self._tokenizer.no_padding()
+            return self._tokenizer
+
+    def release(self) -> None:
+        """Drop it and give its native memory back to the system (glibc keeps freed heap pages otherwise)."""
+        with self._lock:
+            self._tokenizer = None
+        gc.collect()
+        try:
+            ctypes.CDLL(None).malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc
+            pass
+
+
 @dataclass(frozen=True)
 class Model:
     """A loaded Model2Vec model. `table` is a read-only memory map: [rows, dim] in the stored dtype."""
@@ -50,19 +90,25 @@ class Model:
     name: str
     path: Path
     table: np.ndarray
-    tokenizer: Tokenizer
+    tokenizer_ref: TokenizerRef
     config: dict[str, Any]
     weights: np.ndarray | None = None
     mapping: np.ndarray | None = None
     table_file: Path = field(default_factory=Path)
+    # tokenizer.json without its vocabulary and merges (normalizer, pre-tokenizer, model type and flags,
+    # added tokens): what the encoder and the fast path's analysis read, without serializing the tokenizer
+    tokenizer_spec: dict[str, Any] = field(default_factory=dict)
+    tokenizer_file: Path = field(default_factory=Path)
+    vocab_size: int = 0  # tokens, added tokens included
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The reference tokenizer (loaded again if it was released)."""
+        return self.tokenizer_ref.get()
 
     @property
     def dim(self) -> int:
         return int(self.table.shape[1])
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self.tokenizer.get_vocab_size(with_added_tokens=True))
 
     @property
     def dtype(self) -> str:
@@ -131,14 +177,19 @@ def map_tensor(path: Path, data_start: int, name: str, info: dict[str, Any]) -> 
     return np.memmap(path, dtype=dtype, mode="r", offset=data_start + begin, shape=shape)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_json(path: Path, raw: bytes | None = None) -> dict[str, Any]:
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        if raw is None:
+            raw = path.read_bytes()
+        data = orjson.loads(raw)
     except FileNotFoundError:
         raise ModelError(f"{path}: file not found") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelError(f"{path}: not valid JSON ({e})") from None
+    except orjson.JSONDecodeError:
+        try:  # orjson's messages name no line; the standard library's do
+            json.loads((raw or b"").decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ModelError(f"{path}: not valid JSON ({e})") from None
+        raise ModelError(f"{path}: not valid JSON") from None
     if not isinstance(data, dict):
         raise ModelError(f"{path}: expected a JSON object, found {type(data).__name__}")
     return data
@@ -170,11 +221,14 @@ def load_model(path: str | os.PathLike[str], name: str | None = None) -> Model:
                              f"{CONFIG_FILE})")
 
     config = _read_json(cfg_file)
-    _read_json(tok_file)  # a clear JSON error beats the tokenizer library's
+    raw = tok_file.read_bytes()  # read once: parsed here for a clear error and the spec, then by tokenizers
+    spec = _read_json(tok_file, raw)  # a clear JSON error beats the tokenizer library's
     try:
-        tokenizer = Tokenizer.from_file(str(tok_file))
+        tokenizer = Tokenizer.from_buffer(raw)
     except Exception as e:  # the tokenizers library raises plain Exception subclasses
         raise ModelError(f"{tok_file}: not a Hugging Face tokenizer ({e})") from None
+    del raw
+    spec = light_spec(spec)  # the 33 MB of a large vocabulary stay in the tokenizer only
 
     data_start, index = read_safetensors_index(table_file)
     emb_name = "embeddings" if "embeddings" in index else "embedding.weight" if "embedding.weight" in index else None
@@ -215,11 +269,14 @@ def load_model(path: str | os.PathLike[str], name: str | None = None) -> Model:
         name=name or str(config.get("model_name") or Path(path).name),
         path=Path(path),
         table=table,
-        tokenizer=tokenizer,
+        tokenizer_ref=TokenizerRef(tokenizer, tok_file),
         config=config,
         weights=weights,
         mapping=mapping,
         table_file=table_file,
+        tokenizer_spec=spec,
+        tokenizer_file=tok_file,
+        vocab_size=int(vocab),
     )
     log.info(
         "model loaded",

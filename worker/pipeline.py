@@ -35,7 +35,6 @@ from worker.codecs import (
     Reason,
     chunk_ident,
     dead_letter,
-    source_headers,
 )
 from worker.encoder import Encoded, Encoder
 from worker.metrics import Metrics, observe_many
@@ -279,7 +278,7 @@ class Pipeline:
 
     def _release(self) -> None:
         """Serve delivery reports; store offsets of every fully acknowledged batch at the front."""
-        self.producer.poll(0)
+        self._serve_reports()
         done = self.tracker.pop_done()
         if not done:
             return
@@ -300,6 +299,19 @@ class Pipeline:
             if now - self._last_commit >= self.commit_interval_s:
                 self._last_commit = now
                 self._commit(asynchronous=True)
+
+    def _serve_reports(self) -> None:
+        """Run the delivery callbacks that are due (the "callbacks" stage)."""
+        t0 = (time.perf_counter(), time.thread_time())
+        if self.producer.poll(0):
+            self._lap("callbacks", t0)
+
+    def _lap(self, stage: str, since: tuple[float, float]) -> tuple[float, float]:
+        """End a loop-thread stage begun at `since` (wall, thread CPU): observe both; return now."""
+        now = (time.perf_counter(), time.thread_time())
+        self.metrics.stage_seconds.labels(stage).observe(now[0] - since[0])
+        self.metrics.stage_cpu.labels(stage).inc(max(0.0, now[1] - since[1]))
+        return now
 
     def _account(self, b: PendingBatch) -> None:
         """Metrics of a fully acknowledged batch."""
@@ -420,7 +432,7 @@ class Pipeline:
     def process(self, msgs: list[Message]) -> None:
         """Decode, encode and produce one micro-batch; register it with the offset tracker."""
         m = self.metrics
-        t0 = time.perf_counter()
+        t0 = (time.perf_counter(), time.thread_time())
         real: list[Message] = []
         for msg in msgs:
             err = msg.error()
@@ -437,8 +449,7 @@ class Pipeline:
         m.consumed.inc(n)
         m.bytes_in.inc(sum(len(v) for v in values if v is not None))
         dec = self.decoder.decode(values, keys, where)
-        t1 = time.perf_counter()
-        m.stage_seconds.labels("decode").observe(t1 - t0)
+        t1 = self._lap("decode", t0)
 
         bad = list(dec.bad)
         records: list[OutputRecord] = []
@@ -450,25 +461,15 @@ class Pipeline:
                 log.exception("encoder failed on a batch; dead-lettering its texts")
                 bad.extend((i, Reason.ENCODE_ERROR, f"{type(e).__name__}: {e}"[:500]) for i in dec.good)
                 records = []
-        t2 = time.perf_counter()
-        m.stage_seconds.labels("encode").observe(t2 - t1)
+        t2 = self._lap("encode", t1)
         m.batch_size.observe(n)
 
         next_offsets: dict[tuple[str, int], int] = {}
         for topic, part, off in where:
             next_offsets[(topic, part)] = off + 1
         out_values = self.outputs.values(records, vectors) if records else []
-        outgoing: list[tuple[str, bytes | None, bytes | None, Headers]] = []
-        too_big: set[int] = set()
-        for r, value in zip(records, out_values, strict=True):
-            i = r.source
-            headers = cast(Headers, list(real[i].headers() or ()))
-            headers.extend(source_headers(*where[i]))
-            headers.extend(self.outputs.extra_headers(r.ident))
-            headers.extend(r.headers)
-            if record_size(keys[i], value, headers) > self.max_record:
-                too_big.add(i)  # the input's own key or headers make its output too big to publish
-            outgoing.append((self.s.output_topic, keys[i], value, headers))
+        t3 = self._lap("format", t2)
+        outgoing, too_big = self._output_records(real, records, out_values, keys, where)
         if too_big:
             outgoing = [o for o, r in zip(outgoing, records, strict=True) if r.source not in too_big]
             records = [r for r in records if r.source not in too_big]
@@ -494,13 +495,57 @@ class Pipeline:
         if self.transactional:
             self._begin()
         cb = batch.on_delivery
+        produce = self.producer.produce
         for topic, out_key, out_value, headers in outgoing:
-            self._produce(topic, out_key, out_value, headers, cb)
+            try:
+                produce(topic, value=out_value, key=out_key, headers=headers, on_delivery=cb)  # type: ignore[arg-type]
+            except BufferError:  # local queue full: wait for acknowledgements to free space
+                self._produce(topic, out_key, out_value, headers, cb)
+        self._lap("send", t3)
         if self.transactional:
             self._commit_transaction(batch, where)
             return
         self.tracker.add(batch)
-        self.producer.poll(0)
+        self._serve_reports()
+
+    def _output_records(self, real: list[Message], records: list[OutputRecord], out_values: list[bytes],
+                        keys: list[bytes | None], where: list[tuple[str, int, int]]
+                        ) -> tuple[list[tuple[str, bytes | None, bytes | None, Headers]], set[int]]:
+        """(topic, key, value, headers) per output: the input's headers, then source-topic/-partition/-offset
+        (names and per-partition values encoded once per batch), then the format's and the record's own;
+        and the inputs whose key and headers make their output too big to publish."""
+        out_topic = self.s.output_topic
+        coords: dict[tuple[str, int], tuple[tuple[str, bytes], tuple[str, bytes]]] = {}
+        binary = self.outputs.binary is not None
+        # the headers added here (coordinates, model, dim, dtype, chunk fields) stay under 2 KB: the full size
+        # check is needed only for inputs with headers of their own, or a large key, value or id header
+        limit = self.max_record - 2048
+        outgoing: list[tuple[str, bytes | None, bytes | None, Headers]] = []
+        too_big: set[int] = set()
+        for r, value in zip(records, out_values, strict=True):
+            i = r.source
+            topic, part, off = where[i]
+            tp = coords.get((topic, part))
+            if tp is None:
+                tp = coords[(topic, part)] = (("source-topic", topic.encode()),
+                                              ("source-partition", str(part).encode()))
+            own = real[i].headers()
+            headers: Headers = list(own) if own else []  # type: ignore[arg-type]
+            headers += (tp[0], tp[1], ("source-offset", str(off).encode()))
+            size = len(value)
+            if binary:
+                extra = self.outputs.extra_headers(r.ident)
+                size += len(extra[0][1])  # the id
+                headers += extra
+            if r.headers:
+                headers += r.headers
+            key = keys[i]
+            if key:
+                size += len(key)
+            if (own or size > limit) and record_size(key, value, headers) > self.max_record:
+                too_big.add(i)  # the input's own key or headers make its output too big to publish
+            outgoing.append((out_topic, key, value, headers))
+        return outgoing, too_big
 
     def _embed(self, dec: Decoded) -> tuple[list[OutputRecord], np.ndarray]:
         """Encode the batch's texts (or their chunks) in one call; one output record per vector."""

@@ -119,6 +119,10 @@ class ModelSettings(BaseModel):
         "auto", description="Piece-cache fast path: auto = on where it reproduces the exact path at load."
     )
     fast_path_cache_mb: int = Field(256, ge=1, description="Memory bound of the fast-path piece cache.")
+    tokenizer: Literal["auto", "tokenizers", "gigatoken", "tokie"] = Field(
+        "auto", description="Tokenizer library: auto = gigatoken where it gives tokenizers' ids on the self-check "
+        "corpus at load (pip install embedstream[fast]), else tokenizers (the reference)."
+    )
     fast_path_check_file: str | None = Field(
         None, description="Extra self-check corpus (one text per line) the fast path must reproduce exactly."
     )
@@ -157,7 +161,9 @@ class OutputSettings(BaseModel):
         "float32", description="binary format: element type; int8 carries a per-vector scale header."
     )
     compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
-        "lz4", description="Producer compression; lz4 is cheap on CPU and shrinks JSON vectors well."
+        "none", description="Producer compression. none by default: shortest-form JSON vectors and float32 "
+        "are near-random digits and bits, so lz4 and snappy save under 10% of the bytes for CPU that costs more "
+        "than the encoder; zstd halves JSON at about twice that CPU (docs/benchmarks.md)."
     )
     id_field: str = Field("id", min_length=1, description="json: name of the id field.")
     vector_field: str = Field("embedding", min_length=1, description="json: name of the vector field.")

@@ -193,6 +193,11 @@ class Supervisor:
         from worker.app import load_encoder
 
         self.loaded = load_encoder(self.settings.model)  # collects and trims the heap, too
+        # The reference tokenizer, where a faster library runs and nothing needs it, goes here, before the fork:
+        # freed in each child instead, its pages would be written (copied) there and kept here. With chunking on,
+        # each child's chunker takes it (shared, not copied).
+        if self.settings.chunking.mode == "off" and self.loaded.encoder.release_reference():
+            log.info("reference tokenizer released", extra={"model": self.loaded.name})
         # Objects that exist now are never collected: the collector then never writes to their pages, so
         # they stay shared with the children.
         gc.freeze()

@@ -25,9 +25,15 @@ def test_bench_pipeline_runs_end_to_end_and_reports_every_figure(bootstrap, smal
     for run in r["runs"]:
         assert run["messages"] == 1500 and run["messages_per_s"] > 0 and run["overhead_ratio"] > 0
         assert run["peak_pss_mb"] and run["peak_pss_mb"][0] > 0
+        split = run["split_us_per_message"]  # the per-stage split of a 1-process run
+        assert set(split) == {"decode", "encode", "format", "send", "callbacks", "loop_other", "librdkafka",
+                              "other_threads"} and all(v >= 0 for v in split.values())
+    json_run, f32_run = r["runs"]
+    assert json_run["wire_bytes_per_message"] > f32_run["wire_bytes_per_message"] > 32 * 4
     assert r["encoder"]["cpu_s_per_10k"] > 0
     assert r["baseline"]["messages"] == 200
     lat = r["latency"][0]
     assert lat["messages"] == lat["sent"] > 0 and 0 <= lat["p50_ms"] <= lat["p99_ms"] <= lat["max_ms"]
     printed = capsys.readouterr().out
     assert "overhead ratio" in printed and "naive baseline" in printed and "p99 ms" in printed
+    assert "| callbacks |" in printed and "wire bytes" in printed

@@ -107,6 +107,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also time `python -m worker encode` against an equivalent model2vec script, one fresh "
                         "process per run (cold start, .npy output)")
     f.add_argument("--cache-mb", type=float, default=256, help="fast-path cache bound (default 256)")
+    f.add_argument("--passes", action="store_true",
+                   help="first pass and steady state (unseen texts, warm cache) vs model2vec, tokenizer alone, "
+                        "pooling alone, construction; one core; default model: the gemma-like fixture "
+                        "(worker.bench.passes)")
     g = p.add_argument_group("synthetic model (without --model)")
     g.add_argument("--kind", choices=("unigram", "bpe", "wordpiece"), default="unigram")
     g.add_argument("--vocab-size", type=int, default=32_768)
@@ -390,6 +394,10 @@ def run_e2e(folder: Path, sets: dict[str, int], seed: int, repeat: int, modes: S
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.passes:
+        from worker.bench.passes import main_passes
+
+        return main_passes(args)
     sets = {name: args.texts.get(name, DEFAULT_TEXTS[name]) for name in args.sets}
     if args.repeat < 1 or args.batch_size < 1:
         print("bench encoder: --repeat and --batch-size must be at least 1", file=sys.stderr)
@@ -453,14 +461,15 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
 def profile_once(enc: Any, texts: Sequence[str], batch_size: int) -> tuple[dict[str, float], Any]:
     """One pass of our encoder with the time split by stage; returns (seconds per stage, vectors).
 
-    Tokenization is `Encoder.tokenize` with its encode_batch_fast call timed on its own (the rest of tokenize is
-    the ids extraction: Encoding.ids lists to flat int64, unknown-token removal); pooling is `Encoder.pool`;
+    Tokenization is `Encoder.tokenize` with its tokenizer library call (`backend.encode_flat`) timed on its own
+    (the rest of tokenize is the pre-cut, truncation and unknown-token removal); pooling is `Encoder.pool`;
     normalization repeats `Encoder.encode_batch`'s three lines (the caller checks the vectors are identical).
     """
     import numpy as np
 
     spent = {"tokenize_call": 0.0, "ids_extraction": 0.0, "pool": 0.0, "normalize": 0.0}
-    inner = enc._encode_batch
+    backend = enc.backend
+    inner = backend.encode_flat
     call_time = [0.0]
 
     def timed_call(*a: Any, **kw: Any) -> Any:
@@ -471,7 +480,7 @@ def profile_once(enc: Any, texts: Sequence[str], batch_size: int) -> tuple[dict[
             call_time[0] += time.perf_counter() - t
 
     outs = []
-    enc._encode_batch = timed_call
+    backend.encode_flat = timed_call
     try:
         start = time.perf_counter()
         for batch in _batches(texts, batch_size):
@@ -494,7 +503,7 @@ def profile_once(enc: Any, texts: Sequence[str], batch_size: int) -> tuple[dict[
         vectors = np.concatenate(outs) if outs else np.zeros((0, enc.dim), dtype=np.float32)
         total = time.perf_counter() - start
     finally:
-        enc._encode_batch = inner
+        del backend.encode_flat  # the class's method again
     spent["other"] = max(total - sum(spent.values()), 0.0)
     spent["total"] = total
     return spent, vectors
@@ -570,7 +579,7 @@ def _run_set(name: str, texts: list[str], enc: Any, ref: Any, job: dict[str, Any
 
 
 class _TimedTokenizer:
-    """Stands in for the fast path's fill tokenizer and adds up the time of its encode_batch calls."""
+    """Stands in for the fast path's fill (a tokenizer, or a flat encoder) and adds up the time of its calls."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
@@ -580,6 +589,13 @@ class _TimedTokenizer:
         t = time.perf_counter()
         try:
             return self.inner.encode_batch(*a, **kw)
+        finally:
+            self.seconds += time.perf_counter() - t
+
+    def __call__(self, *a: Any, **kw: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return self.inner(*a, **kw)
         finally:
             self.seconds += time.perf_counter() - t
 
@@ -624,7 +640,10 @@ def _run_fast_path(name: str, texts: list[str], model: Any, ref: Any, job: dict[
             enc, init, _ = _timed(lambda: Encoder(model, fast_path="auto", fast_path_cache_mb=job["cache_mb"]))
             runs["init"].append(init)
             timer = None
-            if enc._fast is not None:
+            if enc._fast is not None and enc._fast.fill is not None:
+                timer = _TimedTokenizer(enc._fast.fill)
+                enc._fast.fill = timer
+            elif enc._fast is not None:
                 timer = _TimedTokenizer(enc._fast.tokenizer)
                 enc._fast.tokenizer = timer
             got, cold, _ = _timed(partial(ours, enc))

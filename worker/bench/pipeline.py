@@ -50,8 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--processes", default="1,2", help="comma-separated process counts to run, e.g. 1,2")
     p.add_argument("--formats", default="json,f32", help="output formats to run")
     p.add_argument("--max-messages", type=int, default=512, help="EMBED_BATCH__MAX_MESSAGES")
-    p.add_argument("--compression", default=os.environ.get("EMBED_OUTPUT__COMPRESSION", "lz4"),
-                   help="EMBED_OUTPUT__COMPRESSION for the worker runs")
+    p.add_argument("--compression", default=os.environ.get("EMBED_OUTPUT__COMPRESSION", "none"),
+                   help="EMBED_OUTPUT__COMPRESSION for the worker runs; comma-separated = one run per value "
+                   "(e.g. lz4,zstd,snappy,none)")
     p.add_argument("--baseline-messages", type=int, default=20_000, help="naive baseline size; 0 = skip")
     p.add_argument("--latency", action="store_true", help="also run the fixed-rate latency mode")
     p.add_argument("--latency-seconds", type=float, default=20.0)
@@ -194,22 +195,25 @@ def delete_topics(bootstrap: str, names: list[str]) -> None:
 # ---- the runs ----
 
 def worker_env(bootstrap: str, model: Path, topics: tuple[str, str, str], fmt: str, max_messages: int,
-               max_wait_ms: int = 20) -> dict[str, str]:
+               max_wait_ms: int = 20, compression: str | None = None) -> dict[str, str]:
     return {**os.environ, "EMBED_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
             "EMBED_KAFKA__GROUP_ID": f"bench-{uuid.uuid4().hex[:8]}", "EMBED_INPUT_TOPIC": topics[0],
             "EMBED_OUTPUT_TOPIC": topics[1], "EMBED_DLQ_TOPIC": topics[2], "EMBED_MODEL__PATH": str(model),
             "EMBED_OUTPUT__FORMAT": fmt, "EMBED_BATCH__MAX_MESSAGES": str(max_messages),
             "EMBED_BATCH__MAX_WAIT_MS": str(max_wait_ms), "EMBED_METRICS__PORT": "0",
             "EMBED_METRICS__STATISTICS_INTERVAL_MS": "0", "EMBED_LOG__LEVEL": "WARNING",
-            "EMBED_OUTPUT__COMPRESSION": os.environ.get("EMBED_OUTPUT__COMPRESSION", "lz4"),
+            "EMBED_OUTPUT__COMPRESSION": compression or os.environ.get("EMBED_OUTPUT__COMPRESSION", "none"),
             "EMBED_CHUNKING__MODE": os.environ.get("EMBED_CHUNKING__MODE", "off")}
 
 
 def throughput_run(bootstrap: str, model: Path, texts: list[str], partitions: int, processes: int, fmt: str,
-                   max_messages: int, guarantee: str = "at_least_once", outputs: int | None = None
-                   ) -> dict[str, Any]:
-    """`outputs`: how many output records the texts make (more than len(texts) when chunking)."""
+                   max_messages: int, guarantee: str = "at_least_once", outputs: int | None = None,
+                   compression: str | None = None) -> dict[str, Any]:
+    """`outputs`: how many output records the texts make (more than len(texts) when chunking). A 1-process
+    run also reports the per-message split by stage and the bytes on the wire (worker.bench.stages)."""
     from confluent_kafka import Consumer
+
+    from worker.bench import stages
 
     docs = len(texts)
     n = outputs or docs
@@ -218,19 +222,21 @@ def throughput_run(bootstrap: str, model: Path, texts: list[str], partitions: in
     preload(bootstrap, topics[0], texts, label)
     watcher = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-watch",
                         "isolation.level": "read_uncommitted"})
-    env = worker_env(bootstrap, model, topics, fmt, max_messages)
+    env = worker_env(bootstrap, model, topics, fmt, max_messages, compression=compression)
     env["EMBED_PROCESSING_GUARANTEE"] = guarantee
+    ready_port = free_port()  # /readyz for the start-up time, whatever K
+    env.update(EMBED_METRICS__PORT=str(ready_port), EMBED_METRICS__HOST="127.0.0.1")
+    port = ready_port if processes == 1 else 0  # the per-stage split scrapes one process's metrics
     env["EMBED_KAFKA__TRANSACTIONAL_ID"] = f"bench-{topics[0]}"
-    port = free_port()
-    env["EMBED_METRICS__PORT"], env["EMBED_METRICS__HOST"] = str(port), "127.0.0.1"
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "worker", "run", "--processes", str(processes)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     sampler = Sampler(proc.pid)
     sampler.start()
     startup: dict[str, float] = {}
-    threading.Thread(target=wait_ready, args=(port, t0, proc, startup), daemon=True).start()
+    threading.Thread(target=wait_ready, args=(ready_port, t0, proc, startup), daemon=True).start()
     first_at = cpu_at_first = None
+    split_at_first: tuple[dict[str, float], tuple[float, float, float]] | None = None
     done = done_at_first = 0
     deadline = time.time() + max(300.0, n / 200)
     reader = None
@@ -249,6 +255,8 @@ def throughput_run(bootstrap: str, model: Path, texts: list[str], partitions: in
             done = output_count(watcher, topics[1], partitions)
         if done and first_at is None:
             first_at, cpu_at_first, done_at_first = time.perf_counter(), sampler.total_cpu(), done
+            if port:  # the split, like the steady CPU, leaves start-up out
+                split_at_first = (stages.scrape_stages(port), stages.thread_cpu(proc.pid))
         _progress(f"{label}: {done:,}/{n:,} outputs")
         time.sleep(0.1)
     elapsed = time.perf_counter() - t0
@@ -256,6 +264,11 @@ def throughput_run(bootstrap: str, model: Path, texts: list[str], partitions: in
     kids = children_of(proc.pid)
     after_private, after_pss = memory_now(kids if processes > 1 or guarantee == "exactly_once" else [proc.pid])
     after_total_pss = sum(memory_now([proc.pid, *kids])[1])
+    split = None
+    if port and split_at_first is not None:
+        (s0, cpu0), s1, cpu1 = split_at_first, stages.scrape_stages(port), stages.thread_cpu(proc.pid)
+        split = stages.split_per_message({k: v - s0.get(k, 0.0) for k, v in s1.items()}, cpu1[0] - cpu0[0],
+                                         cpu1[1] - cpu0[1], cpu1[2] - cpu0[2], max(1, n - done_at_first))
     _progress(f"{label}: {done:,}/{n:,} outputs in {elapsed:.1f}s\n")
     sampler.stop_event.set()
     proc.send_signal(signal.SIGTERM)
@@ -263,6 +276,7 @@ def throughput_run(bootstrap: str, model: Path, texts: list[str], partitions: in
     watcher.close()
     if reader is not None:
         reader.close()
+    wire = stages.wire_bytes_per_message(bootstrap, topics[1], n) if port and guarantee == "at_least_once" else None
     delete_topics(bootstrap, list(topics))
     if done < n:
         raise RuntimeError(f"{label}: only {done} of {n} outputs")
@@ -272,6 +286,8 @@ def throughput_run(bootstrap: str, model: Path, texts: list[str], partitions: in
     per_proc = [v for k, v in sampler.peak.items() if k != proc.pid or processes == 1]
     return {
         "processes": processes, "format": fmt, "guarantee": guarantee, "messages": docs, "outputs": n,
+        "compression": env["EMBED_OUTPUT__COMPRESSION"], "split_us_per_message": split,
+        "wire_bytes_per_message": wire,
         "seconds": elapsed, "messages_per_s": docs / elapsed, "outputs_per_s": n / elapsed,
         "steady_messages_per_s": steady_msgs / steady_s if steady_s > 0 else 0.0,
         "cpu_s_total": cpu_total, "cpu_s_per_10k": cpu_total / n * 10_000,
@@ -486,8 +502,29 @@ def main(args: argparse.Namespace) -> int:
         return run_all(args, bootstrap)
 
 
+def print_split(runs: list[dict[str, Any]], encoder_us: float) -> None:
+    """Per message, 1-process runs: loop-thread time by stage, the loop thread's other CPU, the client
+    threads' CPU (compression, network), and the bytes fetched from the output topic."""
+    rows = [r for r in runs if r.get("split_us_per_message")]
+    if not rows:
+        return
+    from worker.bench.stages import SPLIT_STAGES
+
+    cols = [*SPLIT_STAGES, "loop_other", "librdkafka", "other_threads"]
+    print(f"\nCPU per message, 1 process, steady (µs; encoder alone {encoder_us:.1f} µs):")
+    print("\n| format | compression | guarantee | " + " | ".join(cols) + " | total CPU | wire bytes |")
+    print("|---|---|---|" + "---:|" * (len(cols) + 2))
+    for r in rows:
+        sp = r["split_us_per_message"]
+        wire = r.get("wire_bytes_per_message")
+        print(f"| {r['format']} | {r['compression']} | {r['guarantee']} | "
+              + " | ".join(f"{sp[c]:.1f}" for c in cols)
+              + f" | {r['steady_cpu_s_per_10k'] * 100:.1f} | {f'{wire:,.0f}' if wire else '-'} |", flush=True)
+
+
 def run_all(args: argparse.Namespace, bootstrap: str) -> int:
-    os.environ["EMBED_OUTPUT__COMPRESSION"] = args.compression
+    compressions = [c for c in args.compression.split(",") if c]
+    os.environ["EMBED_OUTPUT__COMPRESSION"] = compressions[0]
     os.environ["EMBED_CHUNKING__MODE"] = args.chunking
     from worker.bench.encoder import machine_info, versions
     from worker.bench.synthetic import cached_model
@@ -506,14 +543,15 @@ def run_all(args: argparse.Namespace, bootstrap: str) -> int:
           f"{enc['cpu_s_per_10k']:.3f} CPU-s per 10k messages")
     results: dict[str, Any] = {"machine": machine, "versions": vers, "settings": vars(args) | {"model": str(model)},
                                "encoder": enc, "runs": [], "latency": []}
-    print("\n| processes | format | guarantee | msg/s | tokens/s | CPU-s/10k (steady) | overhead ratio | "
-          "peak RSS MB | peak PSS MB | private MB | total PSS MB |")
-    print("|---|---|---|---:|---:|---:|---:|---|---|---|---:|")
+    print("\n| processes | format | compression | guarantee | msg/s | tokens/s | CPU-s/10k (steady) | "
+          "overhead ratio | peak RSS MB | peak PSS MB | private MB | total PSS MB |")
+    print("|---|---|---|---|---:|---:|---:|---:|---|---|---|---:|")
     tokens_per_msg = enc["tokens"] / enc["messages"]
     formats = [f for f in args.formats.split(",") if f]
-    plan = [(k, fmt, "at_least_once") for k in [int(x) for x in args.processes.split(",") if x] for fmt in formats]
+    plan = [(k, fmt, "at_least_once", c) for k in [int(x) for x in args.processes.split(",") if x]
+            for fmt in formats for c in compressions]
     if args.exactly_once:
-        plan += [(1, fmt, "exactly_once") for fmt in formats]
+        plan += [(1, fmt, "exactly_once", compressions[0]) for fmt in formats]
     outputs = None
     if args.chunking != "off":
         from tokenizers import Tokenizer
@@ -525,18 +563,20 @@ def run_all(args: argparse.Namespace, bootstrap: str) -> int:
         outputs = sum(len(chunker.split(t)) for t in texts)
         print(f"chunking {args.chunking}: {len(texts):,} documents -> {outputs:,} chunks "
               f"({outputs / len(texts):.1f} per document)")
-    for k, fmt, guarantee in plan:
-        r = throughput_run(bootstrap, model, texts, args.partitions, k, fmt, args.max_messages, guarantee, outputs)
+    for k, fmt, guarantee, comp in plan:
+        r = throughput_run(bootstrap, model, texts, args.partitions, k, fmt, args.max_messages, guarantee, outputs,
+                           comp)
         if outputs:
             print(f"  {k} process(es), {fmt}: {r['messages_per_s']:,.1f} documents/s, "
                   f"{r['outputs_per_s']:,.0f} chunks/s")
         r["overhead_ratio"] = r["steady_cpu_s_per_10k"] / enc["cpu_s_per_10k"]
         results["runs"].append(r)
-        print(f"| {k} | {fmt} | {guarantee} | {r['messages_per_s']:,.0f} | "
+        print(f"| {k} | {fmt} | {comp} | {guarantee} | {r['messages_per_s']:,.0f} | "
               f"{r['messages_per_s'] * tokens_per_msg:,.0f} | "
               f"{r['steady_cpu_s_per_10k']:.3f} ({r['cpu_basis']}) | {r['overhead_ratio']:.2f} | "
               f"{r['peak_rss_mb']} | {r['peak_pss_mb']} | {r['peak_private_mb']} | {r['peak_total_pss_mb']} |",
               flush=True)
+    print_split(results["runs"], enc["cpu_s_per_10k"] / 10_000 * 1e6)
     report_memory(results["runs"])
     if args.baseline_messages:
         base = naive_run(bootstrap, model, texts[: args.baseline_messages], args.partitions)
