@@ -7,8 +7,11 @@ so that rates read 0 rather than "no data". The registry is a parameter: tests p
 
 from __future__ import annotations
 
+import os
 import platform
+import time
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 from prometheus_client import (
@@ -128,6 +131,12 @@ class Metrics:
             "process_private_memory_bytes", "Private (unshared) memory of this process, from smaps_rollup."
         )
         self.pss_bytes = gauge("process_pss_bytes", "Proportional set size of this process, from smaps_rollup.")
+        self.startup_seconds = gauge(
+            "startup_seconds", "Seconds from start (the pod's first process; a restarted one's own) to first ready."
+        )
+        self.model_load_seconds = gauge(
+            "model_load_seconds", "Seconds to load the model and build the encoder (once per pod with --processes K)."
+        )
 
         self.cache_hits = counter("fastpath_cache_hits_total", "Fast-path piece cache hits.")
         self.cache_misses = counter("fastpath_cache_misses_total", "Fast-path piece cache misses.")
@@ -176,6 +185,16 @@ def observe_many(histogram: Histogram, values: np.ndarray) -> None:
     for i in np.flatnonzero(counts):
         histogram._buckets[i].inc(float(counts[i]))
     histogram._sum.inc(float(values.sum()))
+
+
+def process_start_time(pid: int | str = "self") -> float:
+    """When a process started, as Unix time (Linux: /proc); now where unavailable."""
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, IndexError, ValueError):
+        return time.time()
+    return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
 
 
 def read_smaps_rollup(pid: int | str = "self") -> dict[str, int]:

@@ -1,17 +1,20 @@
 """`run --processes K`: K consumer processes in one container, one supervisor in front of them.
 
-Each child is an ordinary worker (`run --processes 1`), a member of the same consumer group, mapping the
-same model file (so the table is in memory once). The supervisor restarts a child that dies, forwards
-SIGTERM/SIGINT, and serves one /metrics (every child's series with a `process` label), /healthz and
-/readyz (all children) on the configured port, so a pod looks the same whatever K is.
+The supervisor loads the model and builds the encoder (tokenizer, fast-path self-check) once, before it has
+any thread, Kafka client or server, then forks the K children from itself: each is an ordinary worker and a
+member of the same consumer group, and copy-on-write keeps the tokenizer, the model and everything else
+built before the fork in memory once per pod, not once per process. A child that dies is forked again from
+the loaded supervisor (no reload). The supervisor forwards SIGTERM/SIGINT and serves one /metrics (every
+child's series with a `process` label), /healthz and /readyz (all children) on the configured port, so a pod
+looks the same whatever K is.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -19,6 +22,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.server import ThreadingHTTPServer
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
@@ -26,6 +31,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from worker.probes import Health, serve
 from worker.settings import ProcessingGuarantee, Settings
+
+if TYPE_CHECKING:
+    from worker.app import Loaded
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +71,7 @@ def parse_processes(value: str | int) -> int:
 
 
 def _die_with_parent() -> None:
-    """In the child before exec: if the supervisor dies (kill -9), the kernel kills the child too, as it
+    """In a forked child: if the supervisor dies (kill -9), the kernel kills the child too, as it
     would kill every process of a container; no orphan keeps consuming."""
     try:
         import ctypes
@@ -85,7 +93,7 @@ def _free_port() -> int:
 class Child:
     index: int
     port: int
-    proc: subprocess.Popen[bytes] | None = None
+    pid: int | None = None  # set while the process runs (the supervisor's loop alone reaps it)
     restarts: int = 0
     backoff_s: float = 1.0
     next_start: float = 0.0
@@ -132,7 +140,7 @@ class ChildrenHealth(Health):
     def live(self) -> tuple[bool, str]:
         bad = []
         for c in self.children:
-            if c.proc is None or c.proc.poll() is not None:
+            if c.pid is None:
                 continue  # being restarted: the supervisor is doing its job
             status, body = c.get("/healthz")
             if status not in (200, 0):
@@ -151,65 +159,139 @@ class ChildrenHealth(Health):
 
 
 class Supervisor:
-    def __init__(self, k: int, settings: Settings) -> None:
+    def __init__(self, k: int, settings: Settings, started_at: float | None = None) -> None:
         self.k = k
         self.settings = settings
+        if started_at is None:
+            from worker.metrics import process_start_time
+
+            started_at = process_start_time()
+        self.started_at = started_at
         self.children = [Child(i, _free_port()) for i in range(k)]
         self.stopping = threading.Event()
         self.exit_code = 0
+        self.loaded: Loaded | None = None
+        self.server: ThreadingHTTPServer | None = None
+        self.parallelism_set_by_us = False
 
     def _env(self, child: Child) -> dict[str, str]:
-        env = dict(os.environ)
-        env["EMBED_METRICS__PORT"] = str(child.port)
-        env["EMBED_METRICS__HOST"] = "127.0.0.1"
-        env["EMBED_PROCESSES"] = "1"
-        env["EMBED_PROCESS_INDEX"] = str(child.index)
-        env[CHILD_ENV] = "1"
-        if self.k > 1:  # one core each: no thread pools competing across processes
-            env.setdefault("TOKENIZERS_PARALLELISM", "false")
-            for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS"):
-                env.setdefault(var, "1")
+        env = {"EMBED_METRICS__PORT": str(child.port), "EMBED_METRICS__HOST": "127.0.0.1", "EMBED_PROCESSES": "1",
+               "EMBED_PROCESS_INDEX": str(child.index), CHILD_ENV: "1"}
         gid = self.settings.kafka.group_instance_id
         if gid:
             env["EMBED_KAFKA__GROUP_INSTANCE_ID"] = f"{gid}-{child.index}"
         return env
 
+    def load(self) -> None:
+        """Build the encoder once, here, while this process has no thread, client or server: the children
+        forked from it share its pages (tokenizer, model) copy-on-write."""
+        # No rayon pool started by the self-check in this process: a pool that existed before fork() makes the
+        # tokenizers library turn parallelism off in the child, with a warning.
+        if "TOKENIZERS_PARALLELISM" not in os.environ:
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
+            self.parallelism_set_by_us = self.k == 1
+        from worker.app import load_encoder
+
+        self.loaded = load_encoder(self.settings.model)  # collects and trims the heap, too
+        # The reference tokenizer, where a faster library runs and nothing needs it, goes here, before the fork:
+        # freed in each child instead, its pages would be written (copied) there and kept here. With chunking on,
+        # each child's chunker takes it (shared, not copied).
+        if self.settings.chunking.mode == "off" and self.loaded.encoder.release_reference():
+            log.info("reference tokenizer released", extra={"model": self.loaded.name})
+        # Objects that exist now are never collected: the collector then never writes to their pages, so
+        # they stay shared with the children.
+        gc.freeze()
+
     def _start(self, child: Child) -> None:
-        child.proc = subprocess.Popen([sys.executable, "-m", "worker", "run", "--processes", "1"],
-                                      env=self._env(child), preexec_fn=_die_with_parent)
+        first = child.restarts == 0
+        parent = os.getpid()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into the supervisor's code
+            code = 1
+            try:
+                code = self._child(child, parent, self.started_at if first else time.time())
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        child.pid = pid
         child.started_at = time.monotonic()
-        log.info("process started", extra={"child": child.index, "pid": child.proc.pid, "port": child.port})
+        log.info("process started", extra={"child": child.index, "pid": pid, "port": child.port})
+
+    def _child(self, child: Child, parent: int, started_at: float) -> int:
+        _die_with_parent()
+        if os.getppid() != parent:
+            return 1  # the supervisor died before the death signal was set up
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if self.server is not None:
+            self.server.socket.close()  # the supervisor's port is not this process's
+        os.environ.update(self._env(child))
+        if self.parallelism_set_by_us:
+            del os.environ["TOKENIZERS_PARALLELISM"]  # one process: its own rayon pool, started here
+        from confluent_kafka import KafkaException
+
+        from worker.app import run
+        from worker.model import ModelError
+        from worker.settings import SettingsError, load_settings
+
+        try:
+            return run(load_settings(), loaded=self.loaded, started_at=started_at)
+        except (SettingsError, ModelError) as e:
+            log.error("configuration error", extra={"child": child.index, "error": str(e)})
+            return 2
+        except KafkaException as e:
+            log.error("Kafka client settings rejected", extra={"child": child.index, "error": e.args[0].str()})
+            return 2
+        except SystemExit as e:
+            return e.code if isinstance(e.code, int) else 1
+        except BaseException:
+            log.exception("process failed", extra={"child": child.index})
+            return 1
 
     def _on_signal(self, signum: int, frame: object) -> None:
         log.info("signal received; stopping processes", extra={"signal": signal.Signals(signum).name})
         self.stopping.set()
 
     def run(self) -> int:
+        if self.loaded is None:
+            self.load()
+        for c in self.children:  # still single-threaded: the first children fork from a clean process
+            self._start(c)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         health = ChildrenHealth(self.children)
         if self.settings.metrics.enabled:
             registry = CollectorRegistry()
             registry.register(ChildrenCollector(self.children))
-            serve(registry, health, self.settings.metrics.host, self.settings.metrics.port)
-        for c in self.children:
-            self._start(c)
+            self.server = serve(registry, health, self.settings.metrics.host, self.settings.metrics.port)
         while not self.stopping.wait(0.5):
             for c in self.children:
                 self._watch(c)
         health.stopping = True
         return self._stop_all()
 
+    def _reap(self, c: Child, block: bool = False) -> int | None:
+        """The child's exit code (negative: killed by that signal) once it has exited, else None."""
+        assert c.pid is not None
+        try:
+            pid, status = os.waitpid(c.pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            return 1
+        return None if pid == 0 else os.waitstatus_to_exitcode(status)
+
     def _watch(self, c: Child) -> None:
-        if c.proc is None:
+        if c.pid is None:
             if time.monotonic() >= c.next_start:
                 self._start(c)
             return
-        code = c.proc.poll()
+        code = self._reap(c)
         if code is None:
             if time.monotonic() - c.started_at > 60:
                 c.backoff_s = 1.0  # stayed up: the next crash restarts quickly again
             return
+        c.pid = None
         if code in NO_RESTART:
             log.error("process exited with a configuration error; stopping", extra={"child": c.index,
                                                                                  "exit_code": code})
@@ -221,22 +303,27 @@ class Supervisor:
         log.warning("process exited; restarting", extra={"child": c.index, "exit_code": code,
                                                          "restarts": c.restarts, "in_s": c.backoff_s})
         c.backoff_s = min(c.backoff_s * 2, 30.0)
-        c.proc = None
 
     def _stop_all(self) -> int:
         grace = self.settings.shutdown_grace_s + 5.0
-        live = [c.proc for c in self.children if c.proc is not None and c.proc.poll() is None]
-        for p in live:
-            p.send_signal(signal.SIGTERM)
+        live = [c for c in self.children if c.pid is not None]
+        for c in live:
+            assert c.pid is not None
+            os.kill(c.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         codes = []
-        for p in live:
-            try:
-                codes.append(p.wait(max(0.1, deadline - time.monotonic())))
-            except subprocess.TimeoutExpired:
-                log.error("process did not stop within the grace period; killing", extra={"pid": p.pid})
-                p.kill()
-                codes.append(p.wait())
+        for c in live:
+            code = self._reap(c)
+            while code is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+                code = self._reap(c)
+            if code is None:
+                log.error("process did not stop within the grace period; killing", extra={"pid": c.pid})
+                assert c.pid is not None
+                os.kill(c.pid, signal.SIGKILL)
+                code = self._reap(c, block=True)
+            codes.append(code or 0)
+            c.pid = None
         worst = max([self.exit_code, *[c for c in codes if c > 0]], default=0)
         log.info("stopped", extra={"processes": self.k, "exit_code": worst})
         return worst
@@ -245,10 +332,13 @@ class Supervisor:
 def supervise(processes: str | int, settings: Settings) -> int:
     k = parse_processes(processes)
     # exactly_once: even one process runs supervised, since a transaction call that hangs ends the process
-    # (pipeline's watchdog) and it must come back by itself.
+    # (pipeline's watchdog) and it must come back by itself (re-forked from the loaded supervisor).
     child = os.environ.get(CHILD_ENV) == "1"
     if child or (k == 1 and settings.processing_guarantee != ProcessingGuarantee.exactly_once):
         from worker.app import run
 
         return run(settings)
+    if k > 1:  # one core each: no thread pools competing across processes (set before numpy loads)
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS"):
+            os.environ.setdefault(var, "1")
     return Supervisor(k, settings).run()

@@ -166,6 +166,17 @@ def test_probes_target_the_metrics_port(rendered: Rendered) -> None:
     assert resolve_port(c, service_port["targetPort"]) == port
 
 
+def test_startup_probe_covers_the_default_model_and_a_hub_download(render: Callable[..., Rendered]) -> None:
+    def allowed_s(r: Rendered) -> int:
+        probe = r.container["startupProbe"]
+        return int(probe["periodSeconds"]) * int(probe["failureThreshold"])
+
+    image = allowed_s(render())
+    # docs/benchmarks.md: about 20 s to ready on the default model with 2 processes on a loaded 2-core machine.
+    assert 60 <= image <= 180
+    assert allowed_s(render(sets={"model.source": "hub"})) == 4 * image
+
+
 def test_metrics_port_moves_everything(render: Callable[..., Rendered]) -> None:
     r = render(sets={"worker.metricsPort": 9300, "service.port": 80})
     assert metrics_port(r)["containerPort"] == 9300

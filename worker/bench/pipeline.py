@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from worker.bench.startup import free_port, memory_now, report_memory, wait_ready
+
 ROOT = Path(__file__).resolve().parents[2]
 CLK = os.sysconf("SC_CLK_TCK")
 
@@ -222,15 +224,17 @@ def throughput_run(bootstrap: str, model: Path, texts: list[str], partitions: in
                         "isolation.level": "read_uncommitted"})
     env = worker_env(bootstrap, model, topics, fmt, max_messages, compression=compression)
     env["EMBED_PROCESSING_GUARANTEE"] = guarantee
-    port = stages.free_port() if processes == 1 else 0
-    if port:
-        env.update(EMBED_METRICS__PORT=str(port), EMBED_METRICS__HOST="127.0.0.1")
+    ready_port = free_port()  # /readyz for the start-up time, whatever K
+    env.update(EMBED_METRICS__PORT=str(ready_port), EMBED_METRICS__HOST="127.0.0.1")
+    port = ready_port if processes == 1 else 0  # the per-stage split scrapes one process's metrics
     env["EMBED_KAFKA__TRANSACTIONAL_ID"] = f"bench-{topics[0]}"
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "worker", "run", "--processes", str(processes)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     sampler = Sampler(proc.pid)
     sampler.start()
+    startup: dict[str, float] = {}
+    threading.Thread(target=wait_ready, args=(ready_port, t0, proc, startup), daemon=True).start()
     first_at = cpu_at_first = None
     split_at_first: tuple[dict[str, float], tuple[float, float, float]] | None = None
     done = done_at_first = 0
@@ -257,6 +261,9 @@ def throughput_run(bootstrap: str, model: Path, texts: list[str], partitions: in
         time.sleep(0.1)
     elapsed = time.perf_counter() - t0
     cpu_total = sampler.total_cpu()
+    kids = children_of(proc.pid)
+    after_private, after_pss = memory_now(kids if processes > 1 or guarantee == "exactly_once" else [proc.pid])
+    after_total_pss = sum(memory_now([proc.pid, *kids])[1])
     split = None
     if port and split_at_first is not None:
         (s0, cpu0), s1, cpu1 = split_at_first, stages.scrape_stages(port), stages.thread_cpu(proc.pid)
@@ -292,6 +299,10 @@ def throughput_run(bootstrap: str, model: Path, texts: list[str], partitions: in
         "peak_pss_mb": [round(p["pss"] / 2**20, 1) for p in per_proc],
         "peak_private_mb": [round(p["private"] / 2**20, 1) for p in per_proc],
         "peak_total_pss_mb": round(sampler.peak_total_pss / 2**20, 1),
+        # Start-up = process start to /readyz 200; memory read once the output holds every message.
+        "startup_s": startup.get("startup_s", float("nan")),
+        "after_private_mb": after_private, "after_pss_mb": after_pss,
+        "after_total_pss_mb": round(after_total_pss, 1),
     }
 
 
@@ -566,6 +577,7 @@ def run_all(args: argparse.Namespace, bootstrap: str) -> int:
               f"{r['peak_rss_mb']} | {r['peak_pss_mb']} | {r['peak_private_mb']} | {r['peak_total_pss_mb']} |",
               flush=True)
     print_split(results["runs"], enc["cpu_s_per_10k"] / 10_000 * 1e6)
+    report_memory(results["runs"])
     if args.baseline_messages:
         base = naive_run(bootstrap, model, texts[: args.baseline_messages], args.partitions)
         results["baseline"] = base
