@@ -82,13 +82,13 @@ class Cluster:
         raise AssertionError(f"ISR not back to 3 replicas within {timeout}s for {topics}")
 
 
-def lag(bootstrap: str, group: str, topic: str, partitions: int) -> int:
-    """The group's lag on `topic`: end offsets minus committed offsets, summed over partitions."""
+def lags(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    """The group's lag per partition of `topic`: end offset minus committed offset."""
     committed = committed_offsets(bootstrap, group, topic, partitions)
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": group + "-lagprobe", "enable.auto.commit": False})
     try:
-        return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=20)[1] - committed.get(p, 0)
-                   for p in range(partitions))
+        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=20)[1] - committed.get(p, 0)
+                for p in range(partitions)}
     finally:
         c.close()
 
@@ -97,14 +97,16 @@ def seconds_to_zero_lag(bootstrap: str, group: str, topic: str, partitions: int,
                         timeout: float = 180) -> float:
     """Seconds from `since` (time.monotonic() at the healing) until the group's lag on `topic` is 0."""
     deadline = time.monotonic() + timeout
+    last: object = None
     while time.monotonic() < deadline:
         try:
-            if lag(bootstrap, group, topic, partitions) == 0:
+            last = lags(bootstrap, group, topic, partitions)
+            if not any(last.values()):
                 return round(time.monotonic() - since, 1)
-        except Exception:  # a coordinator moving answers with an error for a moment
-            pass
+        except Exception as e:  # a coordinator moving answers with an error for a moment
+            last = e
         time.sleep(0.5)
-    raise AssertionError(f"lag not back to 0 within {timeout}s")
+    raise AssertionError(f"lag not back to 0 within {timeout}s; last lag per partition: {last}")
 
 
 class WorkerNetns:

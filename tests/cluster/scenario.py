@@ -49,7 +49,15 @@ class Scenario:
         b = self.cluster.bootstrap
         self.producer.wait(300)
         assert self.healed is not None, "the test never marked the healing"
-        lag_s = seconds_to_zero_lag(b, self.group, self.names[0], PARTS, self.healed, timeout=240)
+        try:
+            lag_s = seconds_to_zero_lag(b, self.group, self.names[0], PARTS, self.healed, timeout=240)
+        except AssertionError:
+            for w in alive:
+                body = w.get("/metrics")[1].splitlines()
+                note("worker metrics: " + "; ".join(x for x in body if x.startswith("embedstream_") and any(
+                    k in x for k in ("in_flight", "assigned", "lag", "produced_total", "paused", "consumed"))))
+                note(w.log_tail(10))
+            raise
         complete = self.tally.until_complete(timeout=180, settle=3, alive=alive)
         codes = [w.stop() for w in alive]
         bound = 0 if self.eos else BATCH * (IN_FLIGHT + 1) * faults
