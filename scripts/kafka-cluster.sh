@@ -198,7 +198,7 @@ stop() {
   local n
   for n in 1 2 3; do running "$n" && kill -TERM "$(cat "$(pidfile "$n")")" 2>/dev/null || true; done
   for n in 1 2 3; do stop_node "$n"; done
-  net_down
+  if [ -f "$dir/net" ]; then net_down; fi  # only the network this directory's cluster set up
   rm -f "$dir/net"
   log "stopped"
 }
