@@ -188,3 +188,50 @@ class NetnsWorker(WorkerProcess):
             return e.code, e.read().decode()
         except OSError as e:
             return 0, str(e)
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants (`worker run` is a supervisor whose child processes do the work)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(children.get(p, []))
+    return tree
+
+
+def signal_tree(pid: int, sig: int) -> list[int]:
+    """Send `sig` to a process and every descendant; the pids signalled."""
+    pids = process_tree(pid)
+    for p in pids:
+        try:
+            os.kill(p, sig)
+        except ProcessLookupError:
+            pass
+    return pids
+
+
+def records_read_uncommitted(bootstrap: str, topic: str, partitions: int, timeout: float = 60) -> int:
+    """Data records in `topic` as a read_uncommitted reader sees them (aborted transactions' records included)."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"uncommitted-{os.urandom(4).hex()}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                  "isolation.level": "read_uncommitted", "enable.partition.eof": True})
+    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    count, at_end, deadline = 0, set(), time.monotonic() + timeout
+    try:
+        while len(at_end) < partitions and time.monotonic() < deadline:
+            for m in c.consume(5000, 0.5):
+                if m.error() is None:
+                    count += 1
+                elif m.error().code() == -191:  # _PARTITION_EOF
+                    at_end.add(m.partition())
+        return count
+    finally:
+        c.close()
