@@ -61,9 +61,11 @@ class Cluster:
     def heal(self, n: int) -> None:
         self.script("heal", str(n))
 
-    def leaders(self, topic: str) -> dict[int, int]:
-        """partition -> leader broker id (-1 while there is none)."""
-        md = AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(topic, timeout=20).topics[topic]
+    def leaders(self, topic: str, ask: int | None = None) -> dict[int, int]:
+        """partition -> leader broker id (-1 while there is none), as node `ask` (default: any) sees it; an
+        isolated node keeps answering with its own stale view."""
+        servers = self.bootstrap if ask is None else "{}:{}".format(*self.node_addr(ask))
+        md = AdminClient({"bootstrap.servers": servers}).list_topics(topic, timeout=20).topics[topic]
         return {p: m.leader for p, m in md.partitions.items()}
 
     def wait_full_isr(self, topics: list[str], timeout: float = 120) -> float:
