@@ -17,6 +17,14 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip >&2
 .venv/bin/python -m pip install -q -e '.[test,hub]' >&2
 
+# The cluster suite's network partitions use ip netns and iptables (as root); install them when missing.
+if [ "$(id -u)" = 0 ] && { ! command -v ip >/dev/null || ! command -v iptables >/dev/null; } \
+    && command -v apt-get >/dev/null; then
+  echo "test: installing iproute2 and iptables for the cluster suite" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q iproute2 iptables >&2 \
+    || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q iproute2 iptables >&2; }
+fi
+
 HELM="$(bash scripts/install-tools.sh)"
 export HELM EMBEDSTREAM_REQUIRE_HELM=1
 
