@@ -2,7 +2,10 @@
 # The whole test suite on this machine, from nothing: venv + packages, helm (built once with Go),
 # a real Apache Kafka broker on 127.0.0.1 (unless KAFKA_BOOTSTRAP_SERVERS names one), then
 # ruff, mypy and pytest. Extra arguments go to pytest (e.g. `scripts/test.sh -m "not faults"`).
-# The broker this script starts is stopped on exit, also when tests fail.
+# The broker this script starts is stopped on exit, also when tests fail. The cluster fault suite
+# (tests/cluster, marker `cluster`) starts a three-node cluster with scripts/kafka-cluster.sh only when one of its
+# tests is selected, on KAFKA_CLUSTER_PORT (default 39092..39097) in KAFKA_CLUSTER_DIR; it is wiped on exit.
+# `scripts/test.sh -m cluster` runs that suite alone, `-m "not cluster"` everything else.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -23,14 +26,25 @@ for dtype in float16 float32; do
   fi
 done
 
+# The cluster suite's network partitions use ip netns and iptables (as root); install them when missing.
+if [ "$(id -u)" = 0 ] && { ! command -v ip >/dev/null || ! command -v iptables >/dev/null; } \
+    && command -v apt-get >/dev/null; then
+  echo "test: installing iproute2 and iptables for the cluster suite" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q iproute2 iptables >&2 \
+    || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q iproute2 iptables >&2; }
+fi
+
 HELM="$(bash scripts/install-tools.sh)"
 export HELM EMBEDSTREAM_REQUIRE_HELM=1
 
 started_broker=0
+export KAFKA_CLUSTER_DIR="${KAFKA_CLUSTER_DIR:-$PWD/.kafka-local/test-cluster-${KAFKA_CLUSTER_PORT:-39092}}"
 cleanup() {
   if [ "$started_broker" = 1 ]; then
     bash scripts/kafka-local.sh stop || true
   fi
+  # the cluster suite wipes its cluster itself; this catches a run interrupted before it could
+  if [ -d "$KAFKA_CLUSTER_DIR" ]; then bash scripts/kafka-cluster.sh wipe || true; fi
 }
 trap cleanup EXIT
 if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then

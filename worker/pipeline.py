@@ -186,6 +186,7 @@ class Pipeline:
         # what one record may weigh: the producer's message.max.bytes less room for the record's framing
         self.max_record = int(self.producer_conf["message.max.bytes"]) - 1024
         self._last_commit = 0.0
+        self._stored_uncommitted = False
 
     # ---- callbacks (run inside consume/poll on the loop thread) ----
 
@@ -266,6 +267,9 @@ class Pipeline:
                     extra={"partitions": _names(partitions)})
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
+        gone = {(p.topic, p.partition) for p in partitions}
+        if self._held:  # held while paused: their next owner (maybe us again) re-reads them from the committed offset
+            self._held = [m for m in self._held if (m.topic(), m.partition()) not in gone]
         for p in partitions:
             self.assigned.discard((p.topic, p.partition))
             try:
@@ -281,6 +285,7 @@ class Pipeline:
         self._serve_reports()
         done = self.tracker.pop_done()
         if not done:
+            self._commit_due()  # the last stored offsets of a burst get committed once the input goes quiet
             return
         offsets: dict[tuple[str, int], int] = {}
         for b in done:
@@ -295,10 +300,16 @@ class Pipeline:
                 self.consumer.store_offsets(offsets=owned)
             except KafkaException as e:  # a partition revoked in between: its new owner re-reads
                 log.debug("store_offsets failed", extra={"error": str(e)})
-            now = time.monotonic()
-            if now - self._last_commit >= self.commit_interval_s:
-                self._last_commit = now
-                self._commit(asynchronous=True)
+            self._stored_uncommitted = True
+            self._commit_due()
+
+    def _commit_due(self) -> None:
+        """Commit stored offsets (async) when some are not committed yet and the commit interval has passed."""
+        now = time.monotonic()
+        if self._stored_uncommitted and now - self._last_commit >= self.commit_interval_s:
+            self._last_commit = now
+            self._stored_uncommitted = False
+            self._commit(asynchronous=True)
 
     def _serve_reports(self) -> None:
         """Run the delivery callbacks that are due (the "callbacks" stage)."""

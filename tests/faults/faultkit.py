@@ -308,10 +308,11 @@ def note(text: str) -> None:
 
 # ---- topics, offsets ----
 
-def create_topics(bootstrap: str, names: list[str], partitions: int, config: dict[str, str] | None = None) -> None:
+def create_topics(bootstrap: str, names: list[str], partitions: int, config: dict[str, str] | None = None,
+                  replication_factor: int = 1) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    futures = admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1, config=config or {})
-                                   for n in names])
+    futures = admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=replication_factor,
+                                            config=config or {}) for n in names])
     for f in futures.values():
         f.result(30)
     deadline = time.time() + 30
