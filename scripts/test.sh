@@ -15,6 +15,7 @@ fi
 .venv/bin/python -m pip install -q -e '.[test,hub]' >&2
 
 HELM="$(bash scripts/install-tools.sh)"
+bash scripts/install-prometheus.sh
 export HELM EMBEDSTREAM_REQUIRE_HELM=1
 
 started_broker=0
