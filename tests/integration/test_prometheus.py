@@ -3,6 +3,9 @@ broker; then every query of the dashboard, its variables substituted as Grafana 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -95,9 +98,26 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(bootstrap, to
         # The supervisor's two children are two series of the same pod, told apart by `process`.
         by_process = api.query(f'embedstream_assigned_partitions{{pod="embedstream-1", job="{JOB}"}}')
         assert sorted(s["metric"].get("process") for s in by_process) == ["0", "1"]
+        # Readiness as Prometheus sees it: all three processes ready (the gauge follows /readyz).
+        assert float(api.query(f'sum(embedstream_ready{{job="{JOB}"}})')[0]["value"][1]) == 3
         dead = api.query('sum(embedstream_messages_dead_lettered_total{reason="invalid_json"})')
         assert float(dead[0]["value"][1]) == WAVES * BAD_PER_WAVE
         assert len(records) >= WAVES * PER_WAVE
 
+
+        render_dashboard(prom.url, start, end, tmp_path)
     finally:
         stop_all(prom.stop, lambda: single.stop(timeout=60), lambda: supervisor.stop(timeout=60), collector.close)
+
+
+def render_dashboard(url: str, start: float, end: float, tmp_path: Path) -> None:
+    """`python -m worker dashboard render` on the same data (matplotlib: the dashboard extra, in the test extra)."""
+    png = Path(os.environ.get("EMBEDSTREAM_DASHBOARD_PNG") or tmp_path / "dashboard.png")
+    cmd = [sys.executable, "-m", "worker", "dashboard", "render", "--prometheus", url, "--dashboard", str(DASHBOARD),
+           "--start", f"{start:.0f}", "--end", f"{end:.0f}", "--scrape-interval", f"{SCRAPE_INTERVAL_S:g}s",
+           "-o", str(png)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    titles = ", ".join(MAY_BE_EMPTY)
+    assert f"panels drawn: 29, empty: {len(MAY_BE_EMPTY)} ({titles})" in proc.stderr, proc.stderr
