@@ -54,7 +54,7 @@ def format_value(v: float, unit: str) -> str:
         return f"{v:.3g} s" if abs(v) < 120 else f"{v / 60:.3g} min"
     text = next((f"{v / size:.3g}{p}" for size, p in PREFIXES if abs(v) >= size), f"{v:.3g}")
     if unit.startswith("suffix:"):
-        return f"{text} {unit.split(':', 1)[1]}"
+        return text + unit.split(':', 1)[1]  # Grafana appends the suffix as written
     return text
 
 
