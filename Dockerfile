@@ -57,8 +57,10 @@ LABEL org.opencontainers.image.title="embedstream" \
       org.opencontainers.image.description="Kafka worker that turns text events into static Model2Vec embeddings" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="Apache-2.0"
-RUN groupadd --system --gid 10001 embedstream \
-    && useradd --system --no-log-init --uid 10001 --gid 10001 --home-dir /tmp --shell /usr/sbin/nologin embedstream
+# Not --system: system accounts are uid < 1000 and useradd warns about 10001 (seen in scripts/image-test.sh).
+RUN groupadd --gid 10001 embedstream \
+    && useradd --no-log-init --no-create-home --uid 10001 --gid 10001 --home-dir /tmp \
+       --shell /usr/sbin/nologin embedstream
 COPY --from=builder /opt/venv /opt/venv
 # The worker writes nothing but (possibly) /tmp: the image runs with a read-only root filesystem.
 # HF_HOME is where a hub download (no baked or mounted model) is cached.
