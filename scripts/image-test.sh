@@ -20,6 +20,7 @@ ctr="embedstream-image-test-$$"
 started_broker=0
 cleanup() {
   podman rm -f "$ctr" >/dev/null 2>&1 || true
+  rm -rf "$PWD/.image-test-model-$$"
   [ "$started_broker" = 1 ] && KAFKA_LOCAL_PORT="$port" KAFKA_LOCAL_DIR="$work/kafka" bash scripts/kafka-local.sh stop || true
   rm -rf "$work"
 }
@@ -174,4 +175,22 @@ podman stop -t 30 "$ctr" >/dev/null
 code=$(podman inspect --format '{{.State.ExitCode}}' "$ctr")
 [ "$code" = 0 ] || { podman logs "$ctr" | tail -20 >&2; say "FAIL: exit code $code after SIGTERM"; exit 1; }
 say "stopped on SIGTERM with exit code 0"
+
+# --- a baked model (MODEL_SOURCE=local) whose safetensors file is 0600 in the build context --------------
+baked="$PWD/.image-test-model-$suffix"
+cp -r "$work/model" "$baked" && chmod 0600 "$baked/model.safetensors"
+say "buildah bud MODEL_SOURCE=local (model.safetensors mode 0600 in the context)"
+tb=$(date +%s)
+buildah bud -q --isolation chroot --format docker --layers=false --build-arg "PYTHON_IMAGE=$base" \
+  --build-arg MODEL_SOURCE=local --build-arg "MODEL_DIR=$(basename "$baked")" -t "$IMAGE-local" . >&2
+rm -rf "$baked"
+say "built $IMAGE-local in $(( $(date +%s) - tb ))s"
+line=$(echo '{"id": "x", "text": "hello world"}' \
+  | podman run --rm -i --network none --read-only "$IMAGE-local" encode 2>"$work/encode.err") \
+  || { grep -v systemd "$work/encode.err" >&2; say "FAIL: encode with the baked model"; exit 1; }
+echo "$line" | .venv/bin/python -c '
+import sys, orjson
+doc = orjson.loads(sys.stdin.read())
+assert doc["id"] == "x" and len(doc["embedding"]) == 32, doc
+print("image-test: baked model: encode gave a %d-d vector for id %s" % (len(doc["embedding"]), doc["id"]), file=sys.stderr)'
 say "PASS in $(( $(date +%s) - t0 ))s"
