@@ -18,7 +18,17 @@ port="${KAFKA_LOCAL_PORT:-19092}"
 work="$(mktemp -d /tmp/embedstream-image-test.XXXXXX)"
 ctr="embedstream-image-test-$$"
 started_broker=0
+# buildah 1.28 leaves a working container behind for each `COPY --from` stage: remove the ones our
+# builds created (by id, the set that was not there before).
+before_builds="$(buildah containers -q 2>/dev/null || true)"
+remove_build_leftovers() {
+  local id
+  for id in $(buildah containers -q 2>/dev/null); do
+    grep -qx "$id" <<<"$before_builds" || buildah rm "$id" >/dev/null 2>&1 || true
+  done
+}
 cleanup() {
+  remove_build_leftovers
   podman rm -f "$ctr" >/dev/null 2>&1 || true
   rm -rf "$PWD/.image-test-model-$$"
   [ "$started_broker" = 1 ] && KAFKA_LOCAL_PORT="$port" KAFKA_LOCAL_DIR="$work/kafka" bash scripts/kafka-local.sh stop || true
