@@ -46,7 +46,17 @@ ARG MODEL_REVISION=main
 RUN python -c "import sys; from huggingface_hub import snapshot_download; \
 snapshot_download(sys.argv[1], revision=sys.argv[2], local_dir='/model', \
 allow_patterns=['*.safetensors', '*.json', '*.md', '*.txt'])" "$MODEL_ID" "$MODEL_REVISION" \
-    && rm -rf /model/.cache \
+    && rm -rf /model/.cache && chmod -R a+rX,go-w /model \
+    && test -f /model/model.safetensors && test -f /model/tokenizer.json && test -f /model/config.json
+
+# ---------------------------------------------------------------------------------------------------
+# model-local: a folder of the build context (MODEL_SOURCE=local), holding model.safetensors,
+# tokenizer.json and config.json. COPY keeps the context's file modes, and a model file written 0600
+# is unreadable by uid 10001 (scripts/image-test.sh found this): make it readable here.
+FROM ${PYTHON_IMAGE} AS model-local
+ARG MODEL_DIR=models/model
+COPY ${MODEL_DIR} /model
+RUN chmod -R a+rX,go-w /model \
     && test -f /model/model.safetensors && test -f /model/tokenizer.json && test -f /model/config.json
 
 # ---------------------------------------------------------------------------------------------------
@@ -57,8 +67,10 @@ LABEL org.opencontainers.image.title="embedstream" \
       org.opencontainers.image.description="Kafka worker that turns text events into static Model2Vec embeddings" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="Apache-2.0"
-RUN groupadd --system --gid 10001 embedstream \
-    && useradd --system --no-log-init --uid 10001 --gid 10001 --home-dir /tmp --shell /usr/sbin/nologin embedstream
+# Not --system: system accounts are uid < 1000 and useradd warns about 10001 (seen in scripts/image-test.sh).
+RUN groupadd --gid 10001 embedstream \
+    && useradd --no-log-init --no-create-home --uid 10001 --gid 10001 --home-dir /tmp \
+       --shell /usr/sbin/nologin embedstream
 COPY --from=builder /opt/venv /opt/venv
 # The worker writes nothing but (possibly) /tmp: the image runs with a read-only root filesystem.
 # HF_HOME is where a hub download (no baked or mounted model) is cached.
@@ -83,9 +95,7 @@ CMD ["run"]
 FROM runtime AS final-none
 
 FROM runtime AS final-local
-# A folder of the build context holding model.safetensors, tokenizer.json and config.json.
-ARG MODEL_DIR=models/model
-COPY --chown=0:0 ${MODEL_DIR} /opt/embedstream/model
+COPY --from=model-local --chown=0:0 /model /opt/embedstream/model
 ENV EMBED_MODEL__PATH=/opt/embedstream/model
 
 FROM runtime AS final-hub

@@ -35,6 +35,7 @@ if [ "$(id -u)" = 0 ] && { ! command -v ip >/dev/null || ! command -v iptables >
 fi
 
 HELM="$(bash scripts/install-tools.sh)"
+bash scripts/install-prometheus.sh
 export HELM EMBEDSTREAM_REQUIRE_HELM=1
 
 started_broker=0

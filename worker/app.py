@@ -90,6 +90,8 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *, inst
     metrics = Metrics(registry, process_collectors=True)
     metrics.set_build(librdkafka=confluent_kafka.libversion()[0], confluent_kafka=confluent_kafka.version()[0])
     health = Health(settings.metrics.stall_timeout_s)
+    # embedstream_ready reads what /readyz would answer at scrape time (it was never set before: always 0).
+    metrics.ready.set_function(lambda: 1.0 if health.ready()[0] else 0.0)
     if settings.metrics.enabled:
         serve(registry, health, settings.metrics.host, settings.metrics.port)
     loaded = loaded or load_encoder(settings.model)

@@ -1,4 +1,4 @@
-"""Command line: `embedstream encode|run|produce|bench` (also `python -m worker ...`)."""
+"""Command line: `embedstream encode|run|produce|bench|dashboard` (also `python -m worker ...`)."""
 
 from __future__ import annotations
 
@@ -86,6 +86,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args)
 
 
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from worker.dashboard.render import main as render_main
+
+    return render_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="embedstream", description="Kafka worker that turns texts into static embeddings.")
     p.add_argument("--version", action="version", version=f"embedstream {__version__}")
@@ -123,6 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(b)
     b.set_defaults(func=_cmd_bench)
+
+    d = sub.add_parser("dashboard", help="the Grafana dashboard without Grafana (needs the dashboard extra)")
+    dsub = d.add_subparsers(dest="dashboard_command", required=True)
+    dr = dsub.add_parser("render", help="draw every panel from a Prometheus into one PNG")
+    from worker.dashboard.render import add_arguments as add_render_arguments
+
+    add_render_arguments(dr)
+    dr.set_defaults(func=_cmd_dashboard)
     return p
 
 

@@ -121,7 +121,7 @@ def test_stages_and_base() -> None:
     global_args, by_name, _stages = parse()
     assert global_args["PYTHON_IMAGE"].startswith("python:3.11-slim")
     assert global_args["MODEL_SOURCE"] in MODEL_SOURCES
-    assert {"builder", "model-hub", "runtime", "final-none", "final-local", "final-hub"} <= set(by_name)
+    assert {"builder", "model-hub", "model-local", "runtime", "final-none", "final-local", "final-hub"} <= set(by_name)
     assert by_name["builder"].base == by_name["runtime"].base == "${PYTHON_IMAGE}"
     for source in MODEL_SOURCES:
         names = [s.name for s in chain(source)]
@@ -169,7 +169,11 @@ def test_model_path_per_source() -> None:
     assert env_of("local")["EMBED_MODEL__PATH"] == chart_path
     assert env_of("hub")["EMBED_MODEL__PATH"] == chart_path
     by_name = parse()[1]
-    assert any(c.endswith(f"${{MODEL_DIR}} {chart_path}") for c in by_name["final-local"].all("COPY"))
+    local_copies = by_name["final-local"].all("COPY")
+    assert any("--from=model-local" in c and c.endswith(f"/model {chart_path}") for c in local_copies)
+    assert any(c.endswith("${MODEL_DIR} /model") for c in by_name["model-local"].all("COPY"))
+    for stage in ("model-local", "model-hub"):  # uid 10001 must read files whatever their mode in the source
+        assert "chmod -R a+rX" in " ".join(by_name[stage].all("RUN")), stage
     hub_copies = by_name["final-hub"].all("COPY")
     assert any("--from=model-hub" in c and c.endswith(f"/model {chart_path}") for c in hub_copies)
     hub = " ".join(by_name["model-hub"].all("RUN"))

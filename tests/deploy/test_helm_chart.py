@@ -82,7 +82,7 @@ def test_all_on_render_objects(render: Callable[..., Rendered]) -> None:
     r = render([ALL_ON])
     assert r.kinds() == sorted([
         "ConfigMap", "Deployment", "Job", "PodDisruptionBudget", "PodMonitor", "ScaledObject", "Service",
-        "ServiceAccount", "ServiceMonitor", "TriggerAuthentication",
+        "PrometheusRule", "ServiceAccount", "ServiceMonitor", "TriggerAuthentication",
     ])
     assert "replicas" not in r.deployment["spec"], "KEDA owns the replica count"
     assert r.maybe("HorizontalPodAutoscaler") is None
