@@ -78,7 +78,7 @@ def load_encoder(ms: ModelSettings) -> Loaded:
     release_free_heap()
     seconds = time.perf_counter() - t0
     log.info("encoder ready", extra={"model": name, "load_seconds": round(seconds, 3),
-                                     "fast_path": encoder.fast_path_status})
+                                     "fast_path": encoder.fast_path_status, "library": encoder.tokenizer_description})
     return Loaded(encoder, name, seconds)
 
 
@@ -104,7 +104,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *, inst
     metrics.update_memory()
     pipeline = Pipeline(settings, encoder, name, metrics, health)
     if encoder.release_reference():  # after the pipeline took what it needs (the chunker's own copy)
-        log.info("reference tokenizer released", extra={"model": name, "tokenizer": encoder.backend.name})
+        log.info("reference tokenizer released", extra={"model": name, "library": encoder.backend.name})
     if install_signals and threading.current_thread() is threading.main_thread():
         install_signal_handlers(pipeline)
     return pipeline, metrics, health

@@ -110,7 +110,7 @@ class Encoder:
         self.tokenizer_selection = select(tok, model.tokenizer_file if model.tokenizer_file.is_file() else None,
                                           tokenizer, self._cut(check))
         self.backend: Backend = self.tokenizer_selection.backend
-        log.info("tokenizer", extra={"model": model.name, "tokenizer": self.backend.name,
+        log.info("tokenizer library", extra={"model": model.name, "library": self.backend.name,
                                      "reason": self.tokenizer_selection.reason,
                                      "seconds": round(self.tokenizer_selection.seconds, 3)})
 

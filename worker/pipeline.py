@@ -247,6 +247,10 @@ class Pipeline:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned.update((p.topic, p.partition) for p in partitions)
         self.health.joined = True
+        # An assignment came from the group coordinator, a broker: ready now, not at the first statistics report
+        # (statistics_interval_ms later, 5 s by default), which keeps /readyz fresh afterwards.
+        self.health.broker_up = True
+        self.metrics.broker_up.set(1)
         self.metrics.rebalances.labels("assign").inc()
         self.metrics.assigned.set(len(self.assigned))
         if self.paused and partitions:

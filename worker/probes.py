@@ -91,9 +91,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         for k, v in extra or []:
             self.send_header(k, v)
-        self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(body)
+            try:
+                self.end_headers()
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):  # a probe that gave up: nothing to answer
+                self.close_connection = True
+        else:
+            self.end_headers()
 
     def setup(self) -> None:
         super().setup()
