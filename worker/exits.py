@@ -1,4 +1,4 @@
-"""The worker's process exit codes and the forced exit, in one place.
+"""How a worker process ends: its exit codes, the SIGTERM/SIGINT handlers and the forced exit.
 
 Why a module of its own: the loop, the exactly-once transactions and the signal handler all end the
 process with these codes, and the supervisor, Kubernetes and the tests read them.
@@ -8,6 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from worker.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -22,3 +28,20 @@ def force_exit(reason: str = "shutdown exceeded the grace period; exiting") -> N
     log.error(reason)
     logging.shutdown()
     os._exit(EXIT_FATAL)
+
+
+def install_signal_handlers(pipeline: Pipeline) -> None:
+    """SIGTERM/SIGINT: stop polling and shut down gracefully; a second signal exits at once."""
+    def handler(signum: int, frame: Any) -> None:
+        if pipeline.stop_event.is_set():
+            log.warning("second signal: exiting now")
+            raise SystemExit(130)
+        log.info("signal received; finishing the batch in flight", extra={"signal": signal.Signals(signum).name})
+        pipeline.stop()
+        # A watchdog: whatever blocks, the process is gone a little after the grace period.
+        timer = threading.Timer(pipeline.s.shutdown_grace_s + 2.0, force_exit)
+        timer.daemon = True
+        timer.start()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

@@ -9,17 +9,17 @@ batches plus the acknowledged ones not yet committed (one commit interval's wort
 
 This module keeps the loop, the client callbacks (errors, statistics, rebalances), backpressure and
 shutdown; outputs are built in `worker.outputs`, offsets tracked in `worker.offsets`, exactly-once
-transactions run in `worker.transactions`, client properties live in `worker.kafka_clients`.
+transactions run in `worker.transactions`, client properties live in `worker.kafka_clients`, exit codes
+and signal handlers in `worker.exits`.
 """
 
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import cast
 
 import numpy as np
 import orjson
@@ -27,7 +27,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from worker.codecs import Headers, InputDecoder, OutputRecord, Reason
 from worker.encoder import Encoder
-from worker.exits import EXIT_AUTH, EXIT_DELIVERY_FAILED, EXIT_FATAL, EXIT_OK, force_exit
+from worker.exits import EXIT_AUTH, EXIT_DELIVERY_FAILED, EXIT_FATAL, EXIT_OK, install_signal_handlers
 from worker.kafka_clients import consumer_config, producer_config
 from worker.metrics import Metrics
 from worker.offsets import OffsetTracker, PendingBatch, account
@@ -401,23 +401,6 @@ class Pipeline:
             log.warning("consumer close failed", extra={"error": str(e)})
         self.producer.flush(max(0.0, grace - (time.monotonic() - t0)))
         log.info("stopped", extra={"seconds": round(time.monotonic() - t0, 3), "exit_code": self.exit_code})
-
-
-def install_signal_handlers(pipeline: Pipeline) -> None:
-    """SIGTERM/SIGINT: stop polling and shut down gracefully; a second signal exits at once."""
-    def handler(signum: int, frame: Any) -> None:
-        if pipeline.stop_event.is_set():
-            log.warning("second signal: exiting now")
-            raise SystemExit(130)
-        log.info("signal received; finishing the batch in flight", extra={"signal": signal.Signals(signum).name})
-        pipeline.stop()
-        # A watchdog: whatever blocks, the process is gone a little after the grace period.
-        timer = threading.Timer(pipeline.s.shutdown_grace_s + 2.0, force_exit)
-        timer.daemon = True
-        timer.start()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
 
 
 def _names(partitions: list[TopicPartition]) -> str:
