@@ -6,148 +6,39 @@ of its batch and of every earlier batch is acknowledged (`OffsetTracker`); store
 asynchronously at most every `commit_interval_ms`. On revoke and on shutdown the producer is flushed and
 the stored offsets are committed synchronously. A crash therefore repeats at most the unacknowledged
 batches plus the acknowledged ones not yet committed (one commit interval's worth); it loses nothing.
+
+This module keeps the loop, the client callbacks (errors, statistics, rebalances), backpressure and
+shutdown; outputs are built in `worker.outputs`, offsets tracked in `worker.offsets`, exactly-once
+transactions run in `worker.transactions`, client properties live in `worker.kafka_clients`, exit codes
+and signal handlers in `worker.exits`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import cast
 
 import numpy as np
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from worker.chunking import Chunker, document_vector
-from worker.codecs import (
-    Decoded,
-    Headers,
-    InputDecoder,
-    OutputEncoder,
-    OutputRecord,
-    Reason,
-    chunk_ident,
-    dead_letter,
-)
-from worker.encoder import Encoded, Encoder
-from worker.metrics import Metrics, observe_many
+from worker.codecs import Headers, InputDecoder, OutputRecord, Reason
+from worker.encoder import Encoder
+from worker.exits import EXIT_AUTH, EXIT_DELIVERY_FAILED, EXIT_FATAL, EXIT_OK, install_signal_handlers
+from worker.kafka_clients import consumer_config, producer_config
+from worker.metrics import Metrics
+from worker.offsets import OffsetTracker, PendingBatch, account
+from worker.outputs import OutputAssembler
 from worker.probes import Health
 from worker.settings import ProcessingGuarantee, Settings
+from worker.transactions import Outcome, Transactions
+
+__all__ = ["EXIT_AUTH", "EXIT_DELIVERY_FAILED", "EXIT_FATAL", "EXIT_OK", "Pipeline", "install_signal_handlers"]
 
 log = logging.getLogger(__name__)
-
-EXIT_OK = 0
-EXIT_DELIVERY_FAILED = 3
-EXIT_FATAL = 4
-EXIT_AUTH = 5
-
-
-@dataclass
-class PendingBatch:
-    """Outputs of one batch awaiting acknowledgement, and the input offsets they release."""
-
-    outstanding: int
-    next_offsets: dict[tuple[str, int], int]
-    timestamps_ms: np.ndarray
-    produced: int
-    bytes_out: int
-    started: float = field(default_factory=time.perf_counter)
-    failed: list[str] = field(default_factory=list)
-    done_at: float | None = None
-
-    def on_delivery(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
-            self.failed.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
-        self.outstanding -= 1
-        if self.outstanding == 0:
-            self.done_at = time.perf_counter()
-
-
-class OffsetTracker:
-    """Releases input offsets in consumption order, each only after its batch is fully acknowledged."""
-
-    def __init__(self) -> None:
-        self.pending: deque[PendingBatch] = deque()
-
-    def add(self, batch: PendingBatch) -> None:
-        if batch.outstanding == 0:
-            batch.done_at = time.perf_counter()
-        self.pending.append(batch)
-
-    def pop_done(self) -> list[PendingBatch]:
-        """Batches at the front that are complete (successfully or not), in order."""
-        out = []
-        while self.pending and self.pending[0].done_at is not None:
-            out.append(self.pending.popleft())
-        return out
-
-    @property
-    def in_flight_messages(self) -> int:
-        return sum(len(b.timestamps_ms) for b in self.pending)
-
-
-def consumer_config(s: Settings, on_stats: Callable[[str], None], on_error: Callable[[KafkaError], None]
-                    ) -> dict[str, Any]:
-    k = s.kafka
-    conf: dict[str, Any] = {
-        "bootstrap.servers": k.bootstrap_servers,
-        "group.id": k.group_id,
-        "client.id": f"{k.client_id}-consumer",
-        "partition.assignment.strategy": "cooperative-sticky",
-        "auto.offset.reset": k.auto_offset_reset,
-        "enable.auto.commit": False,  # we commit stored offsets ourselves: async per interval, sync on revoke
-        "enable.auto.offset.store": False,
-        "session.timeout.ms": k.session_timeout_ms,
-        "queued.max.messages.kbytes": s.batch.max_prefetch_kbytes,
-        "fetch.max.bytes": max(s.input.max_bytes * 2, 52428800),
-        "max.partition.fetch.bytes": max(s.input.max_bytes + 4096, 1048576),
-        "statistics.interval.ms": s.metrics.statistics_interval_ms,
-        "reconnect.backoff.max.ms": 5000,
-        "error_cb": on_error,
-        "stats_cb": on_stats,
-        "logger": logging.getLogger("librdkafka.consumer"),
-    }
-    if k.group_instance_id:
-        conf["group.instance.id"] = k.group_instance_id
-    conf.update(k.extra("consumer"))
-    return conf
-
-
-def producer_config(s: Settings, on_error: Callable[[KafkaError], None]) -> dict[str, Any]:
-    k = s.kafka
-    conf: dict[str, Any] = {
-        "bootstrap.servers": k.bootstrap_servers,
-        "client.id": f"{k.client_id}-producer",
-        "enable.idempotence": True,  # retries keep per-partition order and add no duplicates
-        "acks": "all",
-        "linger.ms": 5,
-        "batch.size": 1048576,
-        "compression.type": s.output.compression,
-        "queue.buffering.max.messages": 200000,
-        "queue.buffering.max.kbytes": 262144,
-        "message.max.bytes": max(s.input.max_bytes * 2, 1048576),
-        "delivery.timeout.ms": 300000,
-        "reconnect.backoff.max.ms": 5000,
-        "error_cb": on_error,
-        "logger": logging.getLogger("librdkafka.producer"),
-    }
-    conf.update(k.extra("producer"))
-    return conf
-
-
-def transactional_id(s: Settings) -> str:
-    """Stable per process identity: a restarted process reuses it and fences its zombie."""
-    if s.kafka.transactional_id:
-        return s.kafka.transactional_id
-    who = s.kafka.group_instance_id or socket.gethostname()
-    return f"embedstream-{s.kafka.group_id}-{who}-{os.environ.get('EMBED_PROCESS_INDEX', '0')}"
 
 
 class Pipeline:
@@ -159,32 +50,25 @@ class Pipeline:
         self.encoder = encoder
         self.metrics = metrics
         self.health = health
-        self.outputs = OutputEncoder(settings.output, model_name, encoder.dim)
         self.decoder = InputDecoder(settings.input, keep_fields=settings.output.payload_fields)
-        self.chunker = None if settings.chunking.mode == "off" else Chunker(settings.chunking,
-                                                                             encoder.model.tokenizer)
+        self.producer_conf = producer_config(settings, self._on_error)
+        # what one record may weigh: the producer's message.max.bytes less room for the record's framing
+        self.max_record = int(self.producer_conf["message.max.bytes"]) - 1024
+        self.assembler = OutputAssembler(settings, encoder, model_name, metrics, self.max_record)
         self.tracker = OffsetTracker()
         self.stop_event = threading.Event()
         self.exit_code = EXIT_OK
         self.assigned: set[tuple[str, int]] = set()
         self.paused = False
         self.lag_total = 0
-        self._cache_seen = (0, 0)
         self._held: list[Message] = []
         self._last_error_log: dict[str, float] = {}
         self.transactional = settings.processing_guarantee == ProcessingGuarantee.exactly_once
         self.consumer = Consumer(consumer_config(settings, self._on_stats, self._on_error))
-        pconf = self.producer_conf = producer_config(settings, self._on_error)
-        if self.transactional:
-            pconf["transactional.id"] = transactional_id(settings)
-            pconf.setdefault("transaction.timeout.ms", 60000)
-            pconf["delivery.timeout.ms"] = min(int(pconf["delivery.timeout.ms"]), int(pconf["transaction.timeout.ms"]))
-        self.producer = Producer(pconf)
+        self.producer = Producer(self.producer_conf)
+        self.transactions = Transactions(settings, self.producer, self.consumer, metrics, health, self.assigned)
         self.wait_s = settings.batch.max_wait_ms / 1000.0
         self.commit_interval_s = settings.kafka.commit_interval_ms / 1000.0
-        self.dlq_max_value = settings.input.dead_letter_max_value_bytes
-        # what one record may weigh: the producer's message.max.bytes less room for the record's framing
-        self.max_record = int(self.producer_conf["message.max.bytes"]) - 1024
         self._last_commit = 0.0
         self._stored_uncommitted = False
 
@@ -297,7 +181,7 @@ class Pipeline:
                 self._delivery_failed(b)
                 return
             offsets.update(b.next_offsets)
-            self._account(b)
+            account(self.metrics, b)
         owned = [TopicPartition(t, p, o) for (t, p), o in offsets.items() if (t, p) in self.assigned]
         if owned:
             try:
@@ -327,15 +211,6 @@ class Pipeline:
         self.metrics.stage_seconds.labels(stage).observe(now[0] - since[0])
         self.metrics.stage_cpu.labels(stage).inc(max(0.0, now[1] - since[1]))
         return now
-
-    def _account(self, b: PendingBatch) -> None:
-        """Metrics of a fully acknowledged batch."""
-        self.metrics.produced.inc(b.produced)
-        self.metrics.bytes_out.inc(b.bytes_out)
-        self.metrics.stage_seconds.labels("produce").observe((b.done_at or time.perf_counter()) - b.started)
-        if len(b.timestamps_ms):
-            ts = b.timestamps_ms[b.timestamps_ms > 0]
-            observe_many(self.metrics.e2e_seconds, time.time() - ts / 1000.0)
 
     def _delivery_failed(self, batch: PendingBatch) -> None:
         """An output could not be delivered within delivery.timeout.ms: never store past it; stop so that
@@ -381,7 +256,7 @@ class Pipeline:
         log.info("consuming", extra={"input": s.input_topic, "output": s.output_topic, "dlq": s.dlq_topic,
                                      "group": s.kafka.group_id, "bootstrap": s.kafka.bootstrap_servers})
         if self.transactional:
-            self._init_transactions()
+            self.transactions.init(self.stop_event)
         try:
             while not self.stop_event.is_set():
                 if self.paused:
@@ -406,20 +281,6 @@ class Pipeline:
         finally:
             self._shutdown()
         return self.exit_code
-
-    def _init_transactions(self) -> None:
-        """Register the transactional id (fencing any zombie with the same id); retried while the broker
-        is unreachable."""
-        while not self.stop_event.is_set():
-            try:
-                self.producer.init_transactions(30)
-                log.info("exactly-once: transactions initialised",
-                         extra={"transactional_id": transactional_id(self.s)})
-                return
-            except KafkaException as e:
-                if not e.args[0].retriable():
-                    raise
-                log.warning("init_transactions retrying", extra={"error": str(e)})
 
     def _backpressure(self) -> None:
         """Bound the outputs in flight: past `max_in_flight_batches`, wait for acknowledgements; if they
@@ -471,7 +332,7 @@ class Pipeline:
         vectors = np.zeros((0, self.encoder.dim), np.float32)
         if dec.texts:
             try:
-                records, vectors = self._embed(dec)
+                records, vectors = self.assembler.embed(dec)
             except Exception as e:  # one bad text must not stop the stream: dead-letter the batch's texts
                 log.exception("encoder failed on a batch; dead-lettering its texts")
                 bad.extend((i, Reason.ENCODE_ERROR, f"{type(e).__name__}: {e}"[:500]) for i in dec.good)
@@ -482,24 +343,9 @@ class Pipeline:
         next_offsets: dict[tuple[str, int], int] = {}
         for topic, part, off in where:
             next_offsets[(topic, part)] = off + 1
-        out_values = self.outputs.values(records, vectors) if records else []
+        out_values = self.assembler.values(records, vectors)
         t3 = self._lap("format", t2)
-        outgoing, too_big = self._output_records(real, records, out_values, keys, where)
-        if too_big:
-            outgoing = [o for o, r in zip(outgoing, records, strict=True) if r.source not in too_big]
-            records = [r for r in records if r.source not in too_big]
-            bad.extend((i, Reason.TOO_LARGE, "key and headers make the output larger than the producer's "
-                        f"message.max.bytes ({self.max_record} bytes)") for i in sorted(too_big))
-        for i, reason, text in bad:
-            headers = cast(Headers, list(real[i].headers() or ()))
-            dlq_value, dlq_headers = dead_letter(values[i], reason, text, *where[i], self.dlq_max_value)
-            key: bytes | None = keys[i]
-            if record_size(key, dlq_value, headers + dlq_headers) > self.max_record:
-                # even the dead letter is too big: keep only what identifies the input (its coordinates)
-                headers, key = [("error-key-and-headers-omitted", str(record_size(key, None, headers)).encode())], None
-            headers.extend(dlq_headers)
-            outgoing.append((self.s.dlq_topic, key, dlq_value, headers))
-            m.dead_lettered.labels(reason).inc()
+        outgoing, records = self.assembler.assemble(real, records, out_values, values, keys, where, bad)
         batch = PendingBatch(
             outstanding=len(outgoing),
             next_offsets=next_offsets,
@@ -508,7 +354,7 @@ class Pipeline:
             bytes_out=sum(len(o[2] or b"") for o in outgoing if o[0] == self.s.output_topic),
         )
         if self.transactional:
-            self._begin()
+            self.transactions.begin()
         cb = batch.on_delivery
         produce = self.producer.produce
         for topic, out_key, out_value, headers in outgoing:
@@ -518,190 +364,12 @@ class Pipeline:
                 self._produce(topic, out_key, out_value, headers, cb)
         self._lap("send", t3)
         if self.transactional:
-            self._commit_transaction(batch, where)
+            if self.transactions.commit(batch, where) is Outcome.FATAL:
+                self.exit_code = EXIT_FATAL
+                self.stop_event.set()
             return
         self.tracker.add(batch)
         self._serve_reports()
-
-    def _output_records(self, real: list[Message], records: list[OutputRecord], out_values: list[bytes],
-                        keys: list[bytes | None], where: list[tuple[str, int, int]]
-                        ) -> tuple[list[tuple[str, bytes | None, bytes | None, Headers]], set[int]]:
-        """(topic, key, value, headers) per output: the input's headers, then source-topic/-partition/-offset
-        (names and per-partition values encoded once per batch), then the format's and the record's own;
-        and the inputs whose key and headers make their output too big to publish."""
-        out_topic = self.s.output_topic
-        coords: dict[tuple[str, int], tuple[tuple[str, bytes], tuple[str, bytes]]] = {}
-        binary = self.outputs.binary is not None
-        # the headers added here (coordinates, model, dim, dtype, chunk fields) stay under 2 KB: the full size
-        # check is needed only for inputs with headers of their own, or a large key, value or id header
-        limit = self.max_record - 2048
-        outgoing: list[tuple[str, bytes | None, bytes | None, Headers]] = []
-        too_big: set[int] = set()
-        for r, value in zip(records, out_values, strict=True):
-            i = r.source
-            topic, part, off = where[i]
-            tp = coords.get((topic, part))
-            if tp is None:
-                tp = coords[(topic, part)] = (("source-topic", topic.encode()),
-                                              ("source-partition", str(part).encode()))
-            own = real[i].headers()
-            headers: Headers = list(own) if own else []  # type: ignore[arg-type]
-            headers += (tp[0], tp[1], ("source-offset", str(off).encode()))
-            size = len(value)
-            if binary:
-                extra = self.outputs.extra_headers(r.ident)
-                size += len(extra[0][1])  # the id
-                headers += extra
-            if r.headers:
-                headers += r.headers
-            key = keys[i]
-            if key:
-                size += len(key)
-            if (own or size > limit) and record_size(key, value, headers) > self.max_record:
-                too_big.add(i)  # the input's own key or headers make its output too big to publish
-            outgoing.append((out_topic, key, value, headers))
-        return outgoing, too_big
-
-    def _embed(self, dec: Decoded) -> tuple[list[OutputRecord], np.ndarray]:
-        """Encode the batch's texts (or their chunks) in one call; one output record per vector."""
-        m = self.metrics
-        payloads = self._payloads(dec)
-        if self.chunker is None:
-            enc = self.encoder.encode_batch(dec.texts)
-            records = [OutputRecord(i, ident, payload=p) for i, ident, p in zip(dec.good, dec.ids, payloads,
-                                                                                 strict=True)]
-            if self.outputs.payload_text:
-                for r, text in zip(records, dec.texts, strict=True):
-                    assert r.payload is not None
-                    r.payload["text"] = text
-            vectors = enc.vectors
-        else:
-            records, vectors, enc = self._embed_chunks(dec, payloads)
-        self._cache_metrics()
-        tokens = int(enc.token_counts.sum())
-        m.tokens.inc(tokens)
-        m.batch_tokens.observe(tokens)
-        m.embedded.inc(len(dec.texts))
-        return records, vectors
-
-    def _cache_metrics(self) -> None:
-        """Fast-path cache counters and size, from the encoder's cumulative stats."""
-        hits, misses, entries, nbytes = self.encoder.fast_path_stats()
-        last_hits, last_misses = self._cache_seen
-        self.metrics.cache_hits.inc(max(0, hits - last_hits))
-        self.metrics.cache_misses.inc(max(0, misses - last_misses))
-        self.metrics.cache_entries.set(entries)
-        self.metrics.cache_bytes.set(nbytes)
-        self._cache_seen = (hits, misses)
-
-    def _payloads(self, dec: Decoded) -> list[dict[str, Any] | None]:
-        if not self.outputs.wants_payload:
-            return [None] * len(dec.good)
-        return [dict(f) for f in dec.fields] if dec.fields else [{} for _ in dec.good]
-
-    def _embed_chunks(self, dec: Decoded, payloads: list[dict[str, Any] | None]
-                      ) -> tuple[list[OutputRecord], np.ndarray, Encoded]:
-        """Every chunk of every document in one encoder call; chunk records (and document vectors)."""
-        assert self.chunker is not None
-        cs = self.s.chunking
-        spans = self.chunker.split_many(dec.texts)
-        chunk_texts = [text[sp.start:sp.end] for text, doc in zip(dec.texts, spans, strict=True) for sp in doc]
-        enc = self.encoder.encode_batch(chunk_texts)
-        rows: list[int] = []
-        records: list[OutputRecord] = []
-        doc_rows: list[np.ndarray] = []
-        k = 0
-        for i, ident, text, doc, payload in zip(dec.good, dec.ids, dec.texts, spans, payloads, strict=True):
-            if len(doc) == 1 and not cs.document_vector:  # fits in one chunk: an ordinary output
-                records.append(OutputRecord(i, ident, payload=_with_text(payload, text, self.outputs.payload_text)))
-                rows.append(k)
-                k += 1
-                continue
-            for n, sp in enumerate(doc):
-                chunk_id = chunk_ident(cs.id_format, ident, n)
-                headers = [("chunk-kind", b"chunk"), ("chunk-index", str(n).encode()),
-                           ("chunk-count", str(len(doc)).encode()), ("chunk-start", str(sp.start).encode()),
-                           ("chunk-end", str(sp.end).encode())]
-                p = None
-                if payload is not None:
-                    p = {**payload, "document_id": ident, "chunk_index": n, "chunk_count": len(doc),
-                         "chunk_start": sp.start, "chunk_end": sp.end}
-                    p = _with_text(p, text[sp.start:sp.end], self.outputs.payload_text)
-                records.append(OutputRecord(i, chunk_id, headers=headers, payload=p))
-                rows.append(k + n)
-            if cs.document_vector:
-                doc_rows.append(np.arange(k, k + len(doc)))
-                records.append(OutputRecord(i, ident, headers=[("chunk-kind", b"document"),
-                                                               ("chunk-count", str(len(doc)).encode())],
-                                            payload=payload))
-                rows.append(-len(doc_rows))  # placeholder: the document vector, appended below
-            k += len(doc)
-        vectors = enc.vectors
-        if doc_rows:
-            docs = np.vstack([document_vector(vectors[r], enc.token_counts[r], self.encoder.normalize)
-                              for r in doc_rows])
-            vectors = np.vstack([vectors, docs])
-            base = enc.vectors.shape[0]
-            rows = [r if r >= 0 else base + (-r - 1) for r in rows]
-        self.metrics.chunks.inc(sum(len(d) for d in spans if len(d) > 1 or cs.document_vector))
-        return records, vectors[np.asarray(rows, dtype=np.int64)], enc
-
-    # ---- exactly-once: one transaction per batch, outputs + dead letters + input offsets ----
-
-    def _begin(self) -> None:
-        self.producer.begin_transaction()
-
-    def _commit_transaction(self, batch: PendingBatch, where: list[tuple[str, int, int]]) -> None:
-        """Commit the batch's outputs with its input offsets atomically; on an abortable error, abort
-        and rewind the consumer to the batch's first offsets so that it is processed again."""
-        t0 = time.perf_counter()
-        timeout = min(self.s.shutdown_grace_s, 10.0)
-        offsets = [TopicPartition(t, p, o) for (t, p), o in batch.next_offsets.items()]
-        # librdkafka 2.16 can block in send_offsets_to_transaction past its timeout when the broker goes away
-        # (and then no Python code, not even the SIGTERM handler, runs): past the deadline, exit so that a
-        # restart (the supervisor's or Kubernetes') resumes from the last committed transaction.
-        watchdog = threading.Timer(2 * timeout + 10.0, _force_exit,
-                                   args=("a transaction call did not return; exiting so that a restart resumes",))
-        watchdog.daemon = True
-        watchdog.start()
-        self.health.waiting_since = time.monotonic()
-        try:
-            self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), timeout)
-            while True:
-                try:
-                    self.producer.commit_transaction(timeout)
-                    break
-                except KafkaException as e:
-                    if not e.args[0].retriable():
-                        raise
-                    log.warning("transaction commit retrying", extra={"error": str(e)})
-        except KafkaException as e:
-            err: KafkaError = e.args[0]
-            if err.txn_requires_abort():
-                log.warning("transaction aborted; the batch will be processed again", extra={"error": err.str()})
-                self.metrics.kafka_errors.labels("transaction_aborted").inc()
-                self.producer.abort_transaction(timeout)
-                self._rewind(where)
-                return
-            log.error("transaction failed fatally (fenced by a newer instance?); stopping", extra={"error": err.str()})
-            self.exit_code = EXIT_FATAL
-            self.stop_event.set()
-            return
-        finally:
-            watchdog.cancel()
-            self.health.waiting_since = None
-        self.producer.poll(0)
-        batch.done_at = time.perf_counter()
-        self._account(batch)
-        self.metrics.stage_seconds.labels("commit").observe(time.perf_counter() - t0)
-
-    def _rewind(self, where: list[tuple[str, int, int]]) -> None:
-        first: dict[tuple[str, int], int] = {}
-        for t, p, o in where:
-            first[(t, p)] = min(o, first.get((t, p), o))
-        for (t, p), o in first.items():
-            if (t, p) in self.assigned:
-                self.consumer.seek(TopicPartition(t, p, o))
 
     def _produce(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers,
                  cb: Callable[[KafkaError | None, Message], None]) -> None:
@@ -735,39 +403,5 @@ class Pipeline:
         log.info("stopped", extra={"seconds": round(time.monotonic() - t0, 3), "exit_code": self.exit_code})
 
 
-def install_signal_handlers(pipeline: Pipeline) -> None:
-    """SIGTERM/SIGINT: stop polling and shut down gracefully; a second signal exits at once."""
-    def handler(signum: int, frame: Any) -> None:
-        if pipeline.stop_event.is_set():
-            log.warning("second signal: exiting now")
-            raise SystemExit(130)
-        log.info("signal received; finishing the batch in flight", extra={"signal": signal.Signals(signum).name})
-        pipeline.stop()
-        # A watchdog: whatever blocks, the process is gone a little after the grace period.
-        timer = threading.Timer(pipeline.s.shutdown_grace_s + 2.0, _force_exit)
-        timer.daemon = True
-        timer.start()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
-def _force_exit(reason: str = "shutdown exceeded the grace period; exiting") -> None:
-    log.error(reason)
-    logging.shutdown()
-    os._exit(EXIT_FATAL)
-
-
 def _names(partitions: list[TopicPartition]) -> str:
     return ",".join(f"{p.topic}[{p.partition}]" for p in partitions)
-
-
-def _with_text(payload: dict[str, Any] | None, text: str, include: bool) -> dict[str, Any] | None:
-    if payload is not None and include:
-        payload["text"] = text
-    return payload
-
-
-def record_size(key: bytes | None, value: bytes | None, headers: Headers) -> int:
-    """Bytes a record carries (key, value, header names and values), as message.max.bytes counts them."""
-    return len(key or b"") + len(value or b"") + sum(len(k) + len(v or b"") for k, v in headers)

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
-from faultkit import committed_offsets, note
+from faultkit import note
 
-from kafkatools import WorkerProcess
+from kafkatools import WorkerProcess, committed_offsets
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "kafka-cluster.sh"
@@ -168,28 +167,7 @@ class NetnsWorker(WorkerProcess):
     """`python -m worker run` inside a WorkerNetns; its metrics endpoint listens on the namespace's address."""
 
     def __init__(self, netns: WorkerNetns, env: dict[str, str], log_path: Path) -> None:
-        from kafkatools import free_port
-
-        self.port = free_port()
-        self.host = netns.addr
-        full = {**os.environ, **env, "EMBED_METRICS__PORT": str(self.port), "EMBED_METRICS__HOST": netns.addr,
-                "EMBED_LOG__FORMAT": "json", "PYTHONUNBUFFERED": "1"}
-        self.log_path = log_path
-        self._log = open(log_path, "ab")
-        self.proc = subprocess.Popen(["ip", "netns", "exec", netns.name, sys.executable, "-m", "worker", "run"],
-                                     env=full, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
-
-    def get(self, path: str) -> tuple[int, str]:
-        import urllib.error
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(f"http://{self.host}:{self.port}{path}", timeout=5) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-        except OSError as e:
-            return 0, str(e)
+        super().__init__(env, log_path, processes=None, host=netns.addr, prefix=("ip", "netns", "exec", netns.name))
 
 
 def process_tree(pid: int) -> list[int]:

@@ -22,6 +22,8 @@ for _p in (str(HERE.parent / "integration"), str(HERE.parent / "faults"), str(HE
 import faultkit  # noqa: E402
 from clusterkit import ROOT, SCRIPT, Cluster  # noqa: E402
 
+import kafkatools  # noqa: E402
+
 _spec = importlib.util.spec_from_file_location("embedstream_integration_fixtures_cluster",
                                                HERE.parent / "integration" / "conftest.py")
 assert _spec and _spec.loader
@@ -58,8 +60,8 @@ def bootstrap(cluster):
 def topics(cluster):
     """make(partitions) -> (input, output, dlq): fresh topics at replication factor 3, min.insync.replicas=2."""
     def make(partitions: int = 4) -> tuple[str, str, str]:
-        names = [faultkit.unique(n) for n in ("in", "out", "dlq")]
-        faultkit.create_topics(cluster.bootstrap, names, partitions, {"min.insync.replicas": "2"},
+        names = [kafkatools.unique(n) for n in ("in", "out", "dlq")]
+        kafkatools.create_topics(cluster.bootstrap, names, partitions, {"min.insync.replicas": "2"},
                                replication_factor=3)
         return names[0], names[1], names[2]
 

@@ -8,10 +8,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from clusterkit import Cluster, seconds_to_zero_lag
-from faultkit import BackgroundProducer, Stream, Tally, header_index, note, output_index, reconcile, unique
+from faultkit import BackgroundProducer, Stream, Tally, header_index, note, output_index, reconcile
+
+from kafkatools import WorkerProcess, unique
 
 BATCH, IN_FLIGHT, PARTS = 256, 4, 4
 
@@ -43,6 +46,13 @@ class Scenario:
         """Read outputs until `count` distinct inputs were seen."""
         assert self.tally.until_complete(timeout, settle=0, expected=count, alive=alive or []), \
             f"{self.name}: only {self.tally.seen} of {count} inputs seen within {timeout}s"
+
+    def start_worker(self, log_path: Path, seen: int) -> WorkerProcess:
+        """Start a worker and read outputs until `seen` distinct inputs were seen (the worker alive)."""
+        w = WorkerProcess(self.env, log_path)
+        self.workers.append(w)
+        self.wait_seen(seen, alive=[w])
+        return w
 
     def finish(self, faults: int, injected: str, alive: list[Any], notes: str = "") -> None:
         """Wait for the producer, the lag back to 0 and every output; stop the workers; reconcile and check."""

@@ -10,8 +10,6 @@ import pytest
 from faultkit import note
 from scenario import close_after, leader_of_both, start
 
-from kafkatools import WorkerProcess
-
 pytestmark = [pytest.mark.cluster, pytest.mark.integration]
 
 
@@ -20,9 +18,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.integration]
 def test_kill9_leader_and_restart(mode, cluster, topics, worker_env, tmp_path):
     s = start(cluster, topics, worker_env, "leader-kill9", mode, n=12_000, seconds=60)
     with close_after(s):
-        w = WorkerProcess(s.env, tmp_path / "w.log")
-        s.workers.append(w)
-        s.wait_seen(2_000, alive=[w])
+        w = s.start_worker(tmp_path / "w.log", 2_000)
         node = leader_of_both(cluster, *s.names[:2])
         cluster.kill(node)
         note(f"node {node} killed (kill -9) at {s.tally.seen} inputs seen")

@@ -14,8 +14,6 @@ from clusterkit import WorkerNetns
 from faultkit import note
 from scenario import close_after, leader_of_both, start
 
-from kafkatools import WorkerProcess
-
 pytestmark = [pytest.mark.cluster, pytest.mark.integration]
 
 CUT_S = 30
@@ -46,9 +44,7 @@ def test_leader_isolated_from_the_other_nodes(mode, netns, topics, worker_env, t
     cluster = netns
     s = start(cluster, topics, worker_env, "leader-isolated", mode, n=12_000, seconds=60)
     with close_after(s):
-        w = WorkerProcess(s.env, tmp_path / "w.log")
-        s.workers.append(w)
-        s.wait_seen(2_000, alive=[w])
+        w = s.start_worker(tmp_path / "w.log", 2_000)
         node = leader_of_both(cluster, *s.names[:2])
         cluster.isolate(node)
         s.tally.poll(CUT_S)

@@ -10,8 +10,6 @@ import pytest
 from faultkit import note
 from scenario import close_after, start
 
-from kafkatools import WorkerProcess
-
 pytestmark = [pytest.mark.cluster, pytest.mark.integration]
 
 
@@ -20,9 +18,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.integration]
 def test_rolling_restart_under_load(mode, cluster, topics, worker_env, tmp_path):
     s = start(cluster, topics, worker_env, "rolling", mode, n=12_000, seconds=60)
     with close_after(s):
-        w = WorkerProcess(s.env, tmp_path / "w.log")
-        s.workers.append(w)
-        s.wait_seen(1_500, alive=[w])
+        w = s.start_worker(tmp_path / "w.log", 1_500)
         for node in (1, 2, 3):
             t0 = time.monotonic()
             cluster.stop_node(node)

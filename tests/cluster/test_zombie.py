@@ -10,10 +10,10 @@ import time
 
 import pytest
 from clusterkit import records_read_uncommitted, signal_tree
-from faultkit import note, unique
+from faultkit import note
 from scenario import close_after, start
 
-from kafkatools import WorkerProcess, wait_for
+from kafkatools import WorkerProcess, unique, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.integration]
 

@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 import orjson
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Consumer, Message
+
+from kafkatools import produce, unique
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -38,10 +39,6 @@ CHUNK = 4096  # texts are generated in chunks with their own seeds, so any slice
 def pick(ci: Any, long: Any) -> Any:
     """The CI-size value, or the long one under EMBEDSTREAM_FAULTS_LONG=1."""
     return long if LONG else ci
-
-
-def unique(name: str) -> str:
-    return f"{name}-{os.urandom(4).hex()}"
 
 
 # ---- the stream ----
@@ -109,46 +106,9 @@ def header_index(name: str = "seq") -> Callable[[Message], int]:
 
 # ---- producing ----
 
-def producer_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
-    return {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 20, "batch.size": 1_000_000,
-            "compression.type": "lz4", "reconnect.backoff.max.ms": 2000, "log_level": 2, **extra}
-
-
-def produce_messages(bootstrap: str, topic: str, messages: Iterator[tuple[bytes | None, bytes | None, list | None]],
-                     rate: float = 0.0, config: dict[str, Any] | None = None) -> int:
-    """Produce (key, value, headers), optionally paced at `rate` messages/s; wait for every acknowledgement."""
-    p = Producer(producer_config(bootstrap, **(config or {})))
-    errors: list[str] = []
-
-    def on_delivery(err: Any, msg: Message) -> None:
-        if err is not None:
-            errors.append(err.str())
-
-    t0 = time.monotonic()
-    sent = 0
-    for key, value, headers in messages:
-        while True:
-            try:
-                p.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
-                break
-            except BufferError:
-                p.poll(0.1)
-        sent += 1
-        if sent % 256 == 0:
-            p.poll(0)
-            if rate > 0:
-                ahead = sent / rate - (time.monotonic() - t0)
-                if ahead > 0:
-                    time.sleep(ahead)
-    left = p.flush(300)
-    assert left == 0, f"{left} messages not acknowledged"
-    assert not errors, errors[:3]
-    return sent
-
-
 def produce_stream(bootstrap: str, topic: str, stream: Stream, start: int = 0, stop: int | None = None,
                    rate: float = 0.0) -> int:
-    return produce_messages(bootstrap, topic, stream.messages(start, stop), rate)
+    return produce(bootstrap, topic, stream.messages(start, stop), rate)
 
 
 class BackgroundProducer:
@@ -158,7 +118,9 @@ class BackgroundProducer:
                  rate: float = 0.0) -> None:
         spec = {**stream.args(), "bootstrap": bootstrap, "topic": topic, "start": start, "stop": stop, "rate": rate}
         self.started = time.monotonic()
+        path = os.pathsep.join(p for p in (str(ROOT / "tests" / "integration"), os.environ.get("PYTHONPATH")) if p)
         self.proc = subprocess.Popen([sys.executable, str(Path(__file__)), "produce", json.dumps(spec)], cwd=ROOT,
+                                     env={**os.environ, "PYTHONPATH": path},
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
     def running(self) -> bool:
@@ -304,36 +266,6 @@ def report(r: Result) -> None:
 
 def note(text: str) -> None:
     print(f"  {text}", flush=True)
-
-
-# ---- topics, offsets ----
-
-def create_topics(bootstrap: str, names: list[str], partitions: int, config: dict[str, str] | None = None,
-                  replication_factor: int = 1) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    futures = admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=replication_factor,
-                                            config=config or {}) for n in names])
-    for f in futures.values():
-        f.result(30)
-    deadline = time.time() + 30
-    for n in names:
-        while time.time() < deadline:
-            md = admin.list_topics(n, timeout=10).topics.get(n)
-            if md and not md.error and len(md.partitions) == partitions and all(
-                    p.leader >= 0 for p in md.partitions.values()):
-                break
-            time.sleep(0.2)
-
-
-def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
-    """The group's committed offsets (transactional ones only once committed), -1001 mapped to 0."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
-                  "isolation.level": "read_committed"})
-    try:
-        tps = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=30)
-        return {tp.partition: max(tp.offset, 0) for tp in tps}
-    finally:
-        c.close()
 
 
 # ---- memory ----

@@ -20,10 +20,9 @@ from faultkit import (
     produce_stream,
     reconcile,
     set_producer_quota,
-    unique,
 )
 
-from kafkatools import WorkerProcess
+from kafkatools import WorkerProcess, unique
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

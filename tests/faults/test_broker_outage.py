@@ -8,20 +8,9 @@ from __future__ import annotations
 import time
 
 import pytest
-from faultkit import (
-    BackgroundProducer,
-    Stream,
-    Tally,
-    create_topics,
-    note,
-    output_index,
-    pick,
-    reconcile,
-    seeded,
-    unique,
-)
+from faultkit import BackgroundProducer, Stream, Tally, note, output_index, pick, reconcile, seeded
 
-from kafkatools import LocalBroker, WorkerProcess, wait_for
+from kafkatools import LocalBroker, WorkerProcess, create_topics, unique, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

@@ -8,9 +8,9 @@ import signal
 import time
 
 import pytest
-from faultkit import BackgroundProducer, Stream, Tally, note, output_index, pick, reconcile, seeded, unique
+from faultkit import BackgroundProducer, Stream, Tally, note, output_index, pick, reconcile, seeded
 
-from kafkatools import WorkerProcess, wait_for
+from kafkatools import WorkerProcess, unique, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

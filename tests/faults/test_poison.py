@@ -13,21 +13,9 @@ from dataclasses import dataclass
 
 import orjson
 import pytest
-from faultkit import (
-    MB,
-    Stream,
-    Tally,
-    create_topics,
-    header_index,
-    note,
-    pick,
-    produce_messages,
-    reconcile,
-    seeded,
-    unique,
-)
+from faultkit import MB, Stream, Tally, header_index, note, pick, reconcile, seeded
 
-from kafkatools import WorkerProcess, wait_for
+from kafkatools import WorkerProcess, create_topics, produce, unique, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -193,8 +181,8 @@ def test_poison_stream_never_crashes_and_reconciles_exactly(bootstrap, worker_en
     note(f"{n} messages: {dict(sorted(kinds.items()))}")
 
     started = time.monotonic()
-    produce_messages(bootstrap, names[0], ((c.key, c.value, c.headers) for c in cases),
-                     config={"message.max.bytes": 16 * MB + 4096, "compression.type": "none"})
+    produce(bootstrap, names[0], ((c.key, c.value, c.headers) for c in cases),
+            config={"message.max.bytes": 16 * MB + 4096, "compression.type": "none"})
     dead: dict[int, tuple[bytes | None, dict[str, bytes]]] = {}
     outputs: dict[int, bytes] = {}
     wrong_ids: list[tuple[int, object]] = []
@@ -272,8 +260,8 @@ def test_oversized_key_or_headers_are_dead_lettered_not_fatal(bootstrap, worker_
     stream = [(b"k0", ok, None), (b"K" * (3 * MB), doc("big-key", "a normal text"), None), (b"k2", ok, None),
               (b"k3", doc("big-header", "a normal text"), [("big", b"H" * (3 * MB))]), (b"k4", ok, None)]
     started = time.monotonic()
-    produce_messages(bootstrap, names[0], iter(stream), config={"message.max.bytes": 16 * MB + 4096,
-                                                                 "compression.type": "none"})
+    produce(bootstrap, names[0], iter(stream), config={"message.max.bytes": 16 * MB + 4096,
+                                                      "compression.type": "none"})
     outcome: dict[int, str] = {}
 
     def keep(m, i: int) -> None:

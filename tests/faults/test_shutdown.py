@@ -8,20 +8,9 @@ import collections
 import time
 
 import pytest
-from faultkit import (
-    Stream,
-    Tally,
-    committed_offsets,
-    note,
-    output_index,
-    pick,
-    produce_stream,
-    reconcile,
-    seeded,
-    unique,
-)
+from faultkit import Stream, Tally, note, output_index, pick, produce_stream, reconcile, seeded
 
-from kafkatools import WorkerProcess, wait_for
+from kafkatools import WorkerProcess, committed_offsets, unique, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

@@ -1,4 +1,9 @@
-"""Test helpers over a real broker: topics, keyed producers, output collectors, worker processes."""
+"""Broker plumbing shared by every broker test suite (integration, security, faults, cluster): topics,
+producers, readers, committed offsets, HTTP probes and `python -m worker run` processes.
+
+Why one module: each suite once carried its own copy of these; a change in how tests talk to Kafka is made here.
+A `Client` is a bootstrap address or a full librdkafka client configuration (SASL/TLS brokers).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,13 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
@@ -20,17 +27,26 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 ROOT = Path(__file__).resolve().parents[2]
 
+Client = str | dict[str, Any]
+
+
+def client_config(client: Client) -> dict[str, Any]:
+    return {"bootstrap.servers": client} if isinstance(client, str) else dict(client)
+
 
 def unique(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
-def create_topics(bootstrap: str, names: Iterable[str], partitions: int = 1) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    futures = admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names])
+def create_topics(client: Client, names: Iterable[str], partitions: int = 1, config: dict[str, str] | None = None,
+                  replication_factor: int = 1) -> None:
+    """Create the topics and wait until metadata shows every partition with a leader."""
+    names = list(names)
+    admin = AdminClient(client_config(client))
+    futures = admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=replication_factor,
+                                            config=config or {}) for n in names])
     for f in futures.values():
-        f.result(30)
-    # Wait until metadata shows every partition with a leader.
+        f.result(60)
     deadline = time.time() + 30
     for n in names:
         while time.time() < deadline:
@@ -41,24 +57,38 @@ def create_topics(bootstrap: str, names: Iterable[str], partitions: int = 1) -> 
             time.sleep(0.2)
 
 
-def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes | None, list | None]]) -> int:
-    """Produce (key, value, headers) triples, idempotently, and wait for every acknowledgement."""
-    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 10})
+def produce(client: Client, topic: str, messages: Iterable[tuple[bytes | None, bytes | None, list | None]],
+            rate: float = 0.0, config: dict[str, Any] | None = None) -> int:
+    """Produce (key, value, headers) idempotently, optionally paced at `rate` messages/s; wait for every
+    acknowledgement."""
+    p = Producer({**client_config(client), "enable.idempotence": True, "linger.ms": 20, "batch.size": 1_000_000,
+                  "compression.type": "lz4", "reconnect.backoff.max.ms": 2000, "log_level": 2, **(config or {})})
     errors: list[str] = []
-    n = 0
+
+    def on_delivery(err: Any, msg: Any) -> None:
+        if err is not None:
+            errors.append(err.str())
+
+    t0 = time.monotonic()
+    sent = 0
     for key, value, headers in messages:
         while True:
             try:
-                p.produce(topic, key=key, value=value, headers=headers,
-                          on_delivery=lambda err, msg: errors.append(str(err)) if err else None)
+                p.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
                 break
             except BufferError:
                 p.poll(0.1)
-        n += 1
-        p.poll(0)
-    assert p.flush(60) == 0, "messages left unflushed"
+        sent += 1
+        if sent % 256 == 0:
+            p.poll(0)
+            if rate > 0:
+                ahead = sent / rate - (time.monotonic() - t0)
+                if ahead > 0:
+                    time.sleep(ahead)
+    left = p.flush(300)
+    assert left == 0, f"{left} messages not acknowledged"
     assert not errors, errors[:3]
-    return n
+    return sent
 
 
 @dataclass
@@ -74,13 +104,13 @@ class Record:
 class Collector:
     """Reads a topic from the beginning (read_committed), accumulating every record."""
 
-    bootstrap: str
+    client: Client
     topic: str
     records: list[Record] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.consumer = Consumer({
-            "bootstrap.servers": self.bootstrap, "group.id": unique("collector"), "auto.offset.reset": "earliest",
+            **client_config(self.client), "group.id": unique("collector"), "auto.offset.reset": "earliest",
             "enable.auto.commit": False, "isolation.level": "read_committed",
         })
         self.consumer.subscribe([self.topic])
@@ -104,13 +134,40 @@ class Collector:
         self.consumer.close()
 
 
-def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+def collect(client: Client, topic: str, count: int, timeout: float = 120.0, settle: float = 1.0) -> list[Record]:
+    """Read `topic` from the beginning until `count` records arrived (plus `settle` seconds) or the timeout."""
+    c = Collector(client, topic)
     try:
-        tps = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=20)
+        return c.poll_until(count, timeout, settle)
+    finally:
+        c.close()
+
+
+def committed(client: Client, group: str, topic: str, partitions: int) -> dict[int, int]:
+    """The group's committed offsets per partition (-1001 where none)."""
+    c = Consumer({**client_config(client), "group.id": group, "enable.auto.commit": False,
+                  "isolation.level": "read_committed"})
+    try:
+        tps = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=30)
         return {tp.partition: tp.offset for tp in tps}
     finally:
         c.close()
+
+
+def committed_offsets(client: Client, group: str, topic: str, partitions: int) -> dict[int, int]:
+    """The group's committed offsets (transactional ones only once committed), none mapped to 0."""
+    return {p: max(o, 0) for p, o in committed(client, group, topic, partitions).items()}
+
+
+def http_get(url: str) -> tuple[int, str]:
+    """(status, body) of a GET; status 0 when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError as e:
+        return 0, str(e)
 
 
 def free_port() -> int:
@@ -120,25 +177,24 @@ def free_port() -> int:
 
 
 class WorkerProcess:
-    """`python -m worker run` as a child process with its own metrics port and log file."""
+    """`python -m worker run` as a child process with its own metrics port and log file; `prefix` runs it
+    under another command (e.g. `ip netns exec <ns>`), `host` is where its metrics endpoint listens."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, processes: int = 1) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, processes: int | None = 1, host: str = "127.0.0.1",
+                 prefix: Sequence[str] = ()) -> None:
         self.port = int(env.get("EMBED_METRICS__PORT") or free_port())
-        full = {**os.environ, **env, "EMBED_METRICS__PORT": str(self.port), "EMBED_METRICS__HOST": "127.0.0.1",
+        self.host = host
+        full = {**os.environ, **env, "EMBED_METRICS__PORT": str(self.port), "EMBED_METRICS__HOST": host,
                 "EMBED_LOG__FORMAT": "json", "PYTHONUNBUFFERED": "1"}
         self.log_path = log_path
         self._log = open(log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "worker", "run", "--processes", str(processes)],
-                                     env=full, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+        args = [*prefix, sys.executable, "-m", "worker", "run"]
+        if processes is not None:
+            args += ["--processes", str(processes)]
+        self.proc = subprocess.Popen(args, env=full, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
 
     def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-        except OSError as e:
-            return 0, str(e)
+        return http_get(f"http://{self.host}:{self.port}{path}")
 
     def metric(self, name: str) -> float | None:
         if self.proc.poll() is not None and self.proc.returncode != 0:
@@ -189,6 +245,19 @@ class WorkerProcess:
             return ""
 
 
+def run_to_completion(env: dict[str, str], log_path: Path, collector: Collector, count: int,
+                      timeout: float = 180.0, settle: float = 2.0) -> list[Record]:
+    """Start a worker, collect until `count` outputs arrived (then `settle` seconds more) and stop it; it must
+    exit 0. Returns everything the collector holds."""
+    worker = WorkerProcess(env, log_path)
+    try:
+        records = collector.poll_until(count, timeout=timeout, settle=settle)
+    finally:
+        code = worker.stop()
+    assert code == 0, worker.log_tail()
+    return records
+
+
 def json_messages(n: int, keys: int = 50, seed: int = 0, prefix: str = "") -> list[tuple[bytes, bytes, list]]:
     """n keyed JSON messages; id = "<key>:<seq>" so per-key order can be checked at the output."""
     from modelfactory import sample_texts
@@ -212,9 +281,9 @@ def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-u
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def committed_total(bootstrap: str, group: str, topic: str, partitions: int) -> int:
+def committed_total(client: Client, group: str, topic: str, partitions: int) -> int:
     try:
-        return sum(max(o, 0) for o in committed(bootstrap, group, topic, partitions).values())
+        return sum(committed_offsets(client, group, topic, partitions).values())
     except KafkaException:
         return 0
 

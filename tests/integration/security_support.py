@@ -5,15 +5,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
-
-from kafkatools import ROOT, Record, free_port, free_port_pair, unique
+from kafkatools import ROOT, free_port, free_port_pair
 
 MECHANISM = "SCRAM-SHA-512"
 
@@ -131,57 +126,3 @@ class SaslBroker:
             for k, v in conf.items():
                 env["EMBED_KAFKA__CONFIG__" + k.upper().replace(".", "_")] = v
         return env
-
-
-def create_topics(conf: dict[str, str], names: Iterable[str], partitions: int = 1) -> None:
-    names = list(names)
-    admin = AdminClient(conf)
-    for f in admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1)
-                                  for n in names]).values():
-        f.result(60)
-    deadline = time.time() + 30
-    for n in names:
-        while time.time() < deadline:
-            md = admin.list_topics(n, timeout=10).topics.get(n)
-            if md and not md.error and len(md.partitions) == partitions and all(
-                    p.leader >= 0 for p in md.partitions.values()):
-                break
-            time.sleep(0.2)
-
-
-def produce(conf: dict[str, str], topic: str, messages: Iterable[tuple[bytes | None, bytes | None, list | None]]
-            ) -> int:
-    p = Producer({**conf, "enable.idempotence": True, "linger.ms": 10})
-    errors: list[str] = []
-    n = 0
-    for key, value, headers in messages:
-        p.produce(topic, key=key, value=value, headers=headers,
-                  on_delivery=lambda err, msg: errors.append(str(err)) if err else None)
-        n += 1
-        p.poll(0)
-    assert p.flush(60) == 0, "messages left unflushed"
-    assert not errors, errors[:3]
-    return n
-
-
-def collect(conf: dict[str, str], topic: str, count: int, timeout: float = 120.0) -> list[Record]:
-    """Read `topic` from the beginning until `count` records arrived (plus a second) or the timeout."""
-    c = Consumer({**conf, "group.id": unique("collector"), "auto.offset.reset": "earliest",
-                  "enable.auto.commit": False, "isolation.level": "read_committed"})
-    c.subscribe([topic])
-    out: list[Record] = []
-    deadline = time.time() + timeout
-    reached = None
-    try:
-        while time.time() < deadline:
-            for m in c.consume(1000, 0.5):
-                if m.error():
-                    continue
-                out.append(Record(m.key(), m.value(), dict(m.headers() or []), m.partition(), m.offset()))
-            if len(out) >= count:
-                reached = reached or time.time()
-                if time.time() - reached >= 1.0:
-                    break
-    finally:
-        c.close()
-    return out

@@ -9,7 +9,7 @@ import signal
 import orjson
 import pytest
 
-from kafkatools import Collector, WorkerProcess, json_messages, produce, wait_for
+from kafkatools import Collector, WorkerProcess, json_messages, produce, run_to_completion, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -40,9 +40,7 @@ def test_kill9_twice_then_sigterm_no_loss_no_duplicates(bootstrap, topics, worke
                      len(collector.poll_until(t, timeout=0.5)) >= t, 120, "progress before the kill")
             w.signal(signal.SIGKILL)
             w.kill()
-        w = WorkerProcess(env, tmp_path / "final.log")
-        records = collector.poll_until(n, timeout=240, settle=5)
-        assert w.stop() == 0, w.log_tail()
+        records = run_to_completion(env, tmp_path / "final.log", collector, n, 240, 5)
     finally:
         collector.close()
     exactly_once(records, n)

@@ -7,7 +7,7 @@ import numpy as np
 import orjson
 import pytest
 
-from kafkatools import Collector, WorkerProcess, json_messages, produce
+from kafkatools import Collector, json_messages, produce, run_to_completion
 
 pytestmark = pytest.mark.integration
 
@@ -22,14 +22,12 @@ def test_every_output_carries_its_inputs_coordinates_and_headers(bootstrap, topi
     produce(bootstrap, inp, msgs)
     inputs = Collector(bootstrap, inp).poll_until(n, timeout=60)
     where = {orjson.loads(r.value)["id"]: r for r in inputs}
-    worker = WorkerProcess(worker_env(inp, out, dlq, EMBED_OUTPUT__FORMAT=fmt), tmp_path / "worker.log")
     collector = Collector(bootstrap, out)
     try:
-        records = collector.poll_until(n, timeout=120, settle=1)
+        records = run_to_completion(worker_env(inp, out, dlq, EMBED_OUTPUT__FORMAT=fmt), tmp_path / "worker.log",
+                                    collector, n, 120, 1)
     finally:
-        code = worker.stop()
         collector.close()
-    assert code == 0, worker.log_tail()
     assert len(records) == n
     seen = set()
     for r in records:

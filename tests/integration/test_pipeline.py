@@ -10,7 +10,7 @@ import numpy as np
 import orjson
 import pytest
 
-from kafkatools import Collector, WorkerProcess, committed, json_messages, produce, wait_for
+from kafkatools import Collector, WorkerProcess, committed_offsets, json_messages, produce, run_to_completion, wait_for
 from worker.encoder import Encoder
 from worker.model import load_model
 
@@ -37,14 +37,11 @@ def test_20000_keyed_messages_arrive_complete_in_order_and_correct(bootstrap, to
     inp, out, dlq = topics(partitions=4)
     msgs = json_messages(n, keys=100)
     produce(bootstrap, inp, msgs)
-    worker = WorkerProcess(worker_env(inp, out, dlq), tmp_path / "worker.log")
     collector = Collector(bootstrap, out)
     try:
-        records = collector.poll_until(n, timeout=180, settle=2)
+        records = run_to_completion(worker_env(inp, out, dlq), tmp_path / "worker.log", collector, n, 180, 2)
     finally:
-        code = worker.stop()
         collector.close()
-    assert code == 0, worker.log_tail()
     assert len(records) == n, f"{len(records)} outputs for {n} inputs"
     docs = decode_outputs(records)
     ids = [d["id"] for d in docs]
@@ -150,15 +147,13 @@ def test_sigterm_mid_stream_loses_nothing_and_commits_where_the_next_worker_resu
         assert w1.stop(timeout=30) == 0, w1.log_tail()
         assert time.time() - t0 < 25  # within the grace period
         first = list(collector.poll_until(10**9, timeout=5))
-        offsets = {p: max(o, 0) for p, o in committed(bootstrap, env["EMBED_KAFKA__GROUP_ID"], inp, 3).items()}
+        offsets = committed_offsets(bootstrap, env["EMBED_KAFKA__GROUP_ID"], inp, 3)
         # Everything before the committed offsets was produced, nothing after it: commits match outputs.
         assert sum(offsets.values()) == len(first) and len(first) < n
         per_partition = collections.Counter(int(r.headers["source-partition"]) for r in first)
         assert {p: per_partition.get(p, 0) for p in range(3)} == offsets
 
-        w2 = WorkerProcess(env, tmp_path / "w2.log")
-        records = collector.poll_until(n, timeout=180, settle=3)
-        assert w2.stop() == 0, w2.log_tail()
+        records = run_to_completion(env, tmp_path / "w2.log", collector, n, 180, 3)
     finally:
         collector.close()
     dupes, _ = _assert_complete(records, n)
@@ -178,9 +173,7 @@ def test_kill9_and_restart_loses_nothing_duplicates_bounded(bootstrap, topics, w
         wait_for(lambda: (w1.metric("embedstream_messages_produced_total") or 0) >= 3000, 120, "first outputs")
         w1.signal(signal.SIGKILL)
         w1.kill()
-        w2 = WorkerProcess(env, tmp_path / "w2.log")
-        records = collector.poll_until(n, timeout=180, settle=3)
-        assert w2.stop() == 0, w2.log_tail()
+        records = run_to_completion(env, tmp_path / "w2.log", collector, n, 180, 3)
     finally:
         collector.close()
     dupes, _ = _assert_complete(records, n)

@@ -11,8 +11,6 @@ import subprocess
 import sys
 import time
 import traceback
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +18,9 @@ from pathlib import Path
 import orjson
 import pytest
 from prometheus_client import CollectorRegistry
-from security_support import SaslBroker, collect, create_topics, produce
+from security_support import SaslBroker
 
-from kafkatools import ROOT, WorkerProcess, free_port, json_messages, unique
+from kafkatools import ROOT, WorkerProcess, collect, create_topics, free_port, http_get, json_messages, produce, unique
 from worker.pipeline import EXIT_AUTH
 
 USER = "embedstream-worker"
@@ -35,16 +33,6 @@ FAIL_FAST_S = 30.0
 
 def leaks(text: str) -> list[str]:
     return [s for s in SECRETS if s in text]
-
-
-def http_get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-    except OSError as e:
-        return 0, str(e)
 
 
 # ---- the broker and the runs (module scope: one broker, each run once) ----
@@ -242,7 +230,7 @@ def test_a_wrong_password_in_process_counts_the_error_and_probes_say_stopping(sa
         code = pipeline.run()
         assert code == EXIT_AUTH and time.monotonic() - t0 < FAIL_FAST_S
         port = servers[0].server_address[1]
-        metrics, ready, live = (http_get(port, p) for p in ("/metrics", "/readyz", "/healthz"))
+        metrics, ready, live = (http_get(f"http://127.0.0.1:{port}{p}") for p in ("/metrics", "/readyz", "/healthz"))
     finally:
         for s in servers:
             s.shutdown()

@@ -6,6 +6,9 @@ per message divided by the encoder's CPU per message on the same texts is the ov
 and PSS are sampled per process. Latency: produce at a fixed rate and read end-to-end latency from the
 records themselves (input CreateTime -> output LogAppendTime). Baseline: a hand-written loop calling
 model2vec once per message and producing json.dumps'd lists.
+
+The /proc sampling and broker plumbing live in `harness`, the two baselines in `baselines`; this module keeps
+the runs and their report.
 """
 
 from __future__ import annotations
@@ -16,8 +19,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
-import textwrap
 import threading
 import time
 import uuid
@@ -27,14 +28,18 @@ from typing import Any
 import numpy as np
 import orjson
 
+from worker.bench.baselines import encoder_only, naive_run
+from worker.bench.harness import (
+    PrivateBroker,
+    Sampler,
+    children_of,
+    delete_topics,
+    make_topics,
+    output_count,
+    preload,
+    progress,
+)
 from worker.bench.startup import free_port, memory_now, report_memory, wait_ready
-
-ROOT = Path(__file__).resolve().parents[2]
-CLK = os.sysconf("SC_CLK_TCK")
-
-
-def _progress(msg: str) -> None:
-    print(f"\r\033[K{msg}", end="", file=sys.stderr, flush=True)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -62,134 +67,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exactly-once", action="store_true",
                    help="also run 1 process per format with EMBED_PROCESSING_GUARANTEE=exactly_once")
     p.add_argument("--json", help="write all results here as JSON")
-
-
-# ---- process accounting ----
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
-def children_of(pid: int) -> list[int]:
-    out: list[int] = []
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            out.extend(int(x) for x in (task / "children").read_text().split())
-    except OSError:
-        pass
-    return out
-
-
-class Sampler(threading.Thread):
-    """Samples CPU, RSS and PSS of a worker and its children every 0.25 s."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.pid = pid
-        self.stop_event = threading.Event()
-        self.peak: dict[int, dict[str, int]] = {}
-        self.cpu: dict[int, float] = {}
-        self.peak_total_pss = 0
-
-    def pids(self) -> list[int]:
-        kids = children_of(self.pid)
-        return [self.pid, *kids]
-
-    def sample(self) -> None:
-        from worker.metrics import read_smaps_rollup
-
-        total_pss = 0
-        for pid in self.pids():
-            mem = read_smaps_rollup(pid)
-            if not mem:
-                continue
-            peak = self.peak.setdefault(pid, {"rss": 0, "pss": 0, "private": 0})
-            # Private_Dirty = the process's own heap and buffers. Private_Clean is left out: it is mostly the
-            # model file's page cache, "private" only while no other process maps it.
-            private = mem.get("Private_Dirty", 0)
-            peak["rss"] = max(peak["rss"], mem.get("Rss", 0))
-            peak["pss"] = max(peak["pss"], mem.get("Pss", 0))
-            peak["private"] = max(peak["private"], private)
-            total_pss += mem.get("Pss", 0)
-            self.cpu[pid] = cpu_seconds(pid)
-        self.peak_total_pss = max(self.peak_total_pss, total_pss)
-
-    def total_cpu(self) -> float:
-        self.sample()
-        return sum(self.cpu.values())
-
-    def run(self) -> None:
-        while not self.stop_event.wait(0.25):
-            self.sample()
-
-
-# ---- broker helpers ----
-
-def output_count(consumer: Any, topic: str, partitions: int) -> int:
-    from confluent_kafka import TopicPartition
-
-    total = 0
-    for p in range(partitions):
-        lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
-        total += hi - lo
-    return total
-
-
-def preload(bootstrap: str, topic: str, texts: list[str], label: str) -> dict[tuple[int, int], int]:
-    """Produce every text keyed; returns {(partition, offset): CreateTime ms} from delivery reports."""
-    from confluent_kafka import Producer
-
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.size": 1048576,
-                  "compression.type": "lz4", "enable.idempotence": True})
-    stamps: dict[tuple[int, int], int] = {}
-
-    def report(err: Any, msg: Any) -> None:
-        if err is None:
-            stamps[(msg.partition(), msg.offset())] = msg.timestamp()[1]
-
-    for i, text in enumerate(texts):
-        while True:
-            try:
-                p.produce(topic, key=f"k{i % 1000}".encode(), value=orjson.dumps({"id": i, "text": text}),
-                          on_delivery=report)
-                break
-            except BufferError:
-                p.poll(0.05)
-        if i % 5000 == 0:
-            p.poll(0)
-            _progress(f"{label}: loading {i:,}/{len(texts):,}")
-    p.flush(120)
-    _progress(f"{label}: loaded {len(texts):,}\n")
-    return stamps
-
-
-def make_topics(bootstrap: str, partitions: int, log_append_output: bool = False) -> tuple[str, str, str]:
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    tag = uuid.uuid4().hex[:8]
-    names = (f"bench-in-{tag}", f"bench-out-{tag}", f"bench-dlq-{tag}")
-    out_cfg = {"message.timestamp.type": "LogAppendTime"} if log_append_output else {}
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    fs = admin.create_topics([NewTopic(names[0], partitions, 1), NewTopic(names[1], partitions, 1, config=out_cfg),
-                              NewTopic(names[2], 1, 1)])
-    for f in fs.values():
-        f.result(30)
-    time.sleep(1.0)
-    return names
-
-
-def delete_topics(bootstrap: str, names: list[str]) -> None:
-    from confluent_kafka.admin import AdminClient
-
-    try:
-        for f in AdminClient({"bootstrap.servers": bootstrap}).delete_topics(names).values():
-            f.result(30)
-    except Exception:  # benchmark cleanup only
-        pass
 
 
 # ---- the runs ----
@@ -257,7 +134,7 @@ def throughput_run(bootstrap: str, model: Path, texts: list[str], partitions: in
             first_at, cpu_at_first, done_at_first = time.perf_counter(), sampler.total_cpu(), done
             if port:  # the split, like the steady CPU, leaves start-up out
                 split_at_first = (stages.scrape_stages(port), stages.thread_cpu(proc.pid))
-        _progress(f"{label}: {done:,}/{n:,} outputs")
+        progress(f"{label}: {done:,}/{n:,} outputs")
         time.sleep(0.1)
     elapsed = time.perf_counter() - t0
     cpu_total = sampler.total_cpu()
@@ -269,7 +146,7 @@ def throughput_run(bootstrap: str, model: Path, texts: list[str], partitions: in
         (s0, cpu0), s1, cpu1 = split_at_first, stages.scrape_stages(port), stages.thread_cpu(proc.pid)
         split = stages.split_per_message({k: v - s0.get(k, 0.0) for k, v in s1.items()}, cpu1[0] - cpu0[0],
                                          cpu1[1] - cpu0[1], cpu1[2] - cpu0[2], max(1, n - done_at_first))
-    _progress(f"{label}: {done:,}/{n:,} outputs in {elapsed:.1f}s\n")
+    progress(f"{label}: {done:,}/{n:,} outputs in {elapsed:.1f}s\n")
     sampler.stop_event.set()
     proc.send_signal(signal.SIGTERM)
     proc.wait(60)
@@ -304,88 +181,6 @@ def throughput_run(bootstrap: str, model: Path, texts: list[str], partitions: in
         "after_private_mb": after_private, "after_pss_mb": after_pss,
         "after_total_pss_mb": round(after_total_pss, 1),
     }
-
-
-ENCODER_ONLY = textwrap.dedent(
-    """
-    import json, sys, time
-    from worker.model import load_model
-    from worker.encoder import Encoder
-    texts = json.load(open(sys.argv[2]))
-    enc = Encoder(load_model(sys.argv[1]))
-    size = int(sys.argv[3])
-    enc.encode(texts[:size])  # warm-up
-    c0, t0 = time.process_time(), time.perf_counter()
-    tokens = 0
-    for i in range(0, len(texts), size):
-        tokens += int(enc.encode_batch(texts[i:i + size]).token_counts.sum())
-    print(json.dumps({"cpu_s": time.process_time() - c0, "wall_s": time.perf_counter() - t0, "tokens": tokens}))
-    """
-)
-
-
-def encoder_only(model: Path, texts: list[str], batch: int) -> dict[str, Any]:
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(texts, f)
-    try:
-        out = subprocess.run([sys.executable, "-c", ENCODER_ONLY, str(model), f.name, str(batch)],
-                             capture_output=True, text=True, check=True)
-    finally:
-        os.unlink(f.name)
-    r = json.loads(out.stdout.strip().splitlines()[-1])
-    n = len(texts)
-    return {"messages": n, "cpu_s": r["cpu_s"], "cpu_s_per_10k": r["cpu_s"] / n * 10_000,
-            "messages_per_s": n / r["wall_s"], "tokens": r["tokens"], "tokens_per_s": r["tokens"] / r["wall_s"]}
-
-
-NAIVE = textwrap.dedent(
-    """
-    # What a user writes by hand: one message, one encode call, json.dumps of a list.
-    import json, sys
-    from confluent_kafka import Consumer, Producer
-    from model2vec import StaticModel
-    bootstrap, model, inp, out = sys.argv[1:5]
-    m = StaticModel.from_pretrained(model)
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "naive-" + inp, "auto.offset.reset": "earliest"})
-    p = Producer({"bootstrap.servers": bootstrap})
-    c.subscribe([inp])
-    while True:
-        msg = c.poll(1.0)
-        if msg is None or msg.error():
-            continue
-        doc = json.loads(msg.value())
-        vec = m.encode([doc["text"]])[0]
-        p.produce(out, key=msg.key(), value=json.dumps({"id": doc["id"], "embedding": vec.tolist()}))
-        p.poll(0)
-    """
-)
-
-
-def naive_run(bootstrap: str, model: Path, texts: list[str], partitions: int) -> dict[str, Any]:
-    from confluent_kafka import Consumer
-
-    n = len(texts)
-    topics = make_topics(bootstrap, partitions)
-    preload(bootstrap, topics[0], texts, "naive baseline")
-    watcher = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-watch"})
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", NAIVE, bootstrap, str(model), topics[0], topics[1]],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    done = 0
-    deadline = time.time() + max(600.0, n / 50)
-    while done < n and time.time() < deadline and proc.poll() is None:
-        done = output_count(watcher, topics[1], partitions)
-        _progress(f"naive baseline: {done:,}/{n:,} outputs")
-        time.sleep(0.2)
-    elapsed = time.perf_counter() - t0
-    cpu = cpu_seconds(proc.pid)
-    _progress(f"naive baseline: {done:,}/{n:,} outputs in {elapsed:.1f}s\n")
-    proc.kill()
-    proc.wait(10)
-    watcher.close()
-    delete_topics(bootstrap, list(topics))
-    return {"messages": done, "seconds": elapsed, "messages_per_s": done / elapsed, "cpu_s_per_10k":
-            cpu / max(done, 1) * 10_000}
 
 
 def latency_run(bootstrap: str, model: Path, texts: list[str], rate: float, seconds: float, max_wait_ms: int,
@@ -433,7 +228,7 @@ def latency_run(bootstrap: str, model: Path, texts: list[str], rate: float, seco
         producer.produce(topics[0], key=f"k{i}".encode(), value=orjson.dumps({"id": i, "text": texts[i % len(texts)]}),
                          on_delivery=report)
         if i % 500 == 0:
-            _progress(f"latency max_wait_ms={max_wait_ms}: {i:,}/{total:,} at {rate:,.0f}/s")
+            progress(f"latency max_wait_ms={max_wait_ms}: {i:,}/{total:,} at {rate:,.0f}/s")
     producer.flush(60)
     total -= warmup
     reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"lat-{uuid.uuid4().hex[:6]}",
@@ -453,7 +248,7 @@ def latency_run(bootstrap: str, model: Path, texts: list[str], rate: float, seco
     proc.send_signal(signal.SIGTERM)
     proc.wait(60)
     delete_topics(bootstrap, list(topics))
-    _progress(f"latency max_wait_ms={max_wait_ms}: {len(lat):,} measured\n")
+    progress(f"latency max_wait_ms={max_wait_ms}: {len(lat):,} measured\n")
     a = np.asarray(lat) if lat else np.zeros(1)
     return {"max_wait_ms": max_wait_ms, "rate": rate, "messages": len(lat), "sent": total,
             "p50_ms": float(np.percentile(a, 50) * 1000), "p95_ms": float(np.percentile(a, 95) * 1000),
@@ -473,26 +268,6 @@ def texts_for(text_set: str, n: int) -> list[str]:
     half = n // 2
     return [t for pair in zip(synthetic.short_texts(half, seed=7), synthetic.paragraph_texts(n - half, seed=8),
                               strict=False) for t in pair][:n]
-
-
-class PrivateBroker:
-    """scripts/kafka-local.sh on a free port, for a benchmark run without a broker given."""
-
-    def __init__(self) -> None:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
-        self.dir = tempfile.mkdtemp(prefix="bench-kafka-")
-        self.env = {**os.environ, "KAFKA_LOCAL_PORT": str(self.port), "KAFKA_LOCAL_DIR": self.dir}
-
-    def __enter__(self) -> str:
-        subprocess.run(["bash", str(ROOT / "scripts" / "kafka-local.sh"), "start"], env=self.env, check=True)
-        return f"127.0.0.1:{self.port}"
-
-    def __exit__(self, *exc: object) -> None:
-        subprocess.run(["bash", str(ROOT / "scripts" / "kafka-local.sh"), "wipe"], env=self.env, check=False)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -12,6 +12,9 @@ Models. `build_model` trains a real tokenizer with the `tokenizers` library on a
 NFKC + Metaspace like SentencePiece/Gemma, byte-level BPE, or BERT WordPiece) and writes model.safetensors
 (`embeddings` [+ `weights`, `mapping`]), tokenizer.json and config.json; `cached_model` keeps built folders
 under ${XDG_CACHE_HOME:-~/.cache}/embedstream/bench-models/<key> so that reruns start at once.
+
+Past 400 lines on purpose: the models' tokenizers are trained on these texts and one GENERATOR_VERSION keys
+both in the cache, so a change to either half must be seen with the other; most of the length is word lists.
 """
 
 from __future__ import annotations

@@ -1,0 +1,70 @@
+"""Which input offsets may be stored: a batch's, only once all its outputs and every earlier batch's are acknowledged.
+
+Why a module of its own: this is the at-least-once guarantee. Batches complete out of order across output
+partitions; offsets must still be released in consumption order, and never past an unacknowledged output.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+from confluent_kafka import KafkaError, Message
+
+from worker.metrics import Metrics, observe_many
+
+
+@dataclass
+class PendingBatch:
+    """Outputs of one batch awaiting acknowledgement, and the input offsets they release."""
+
+    outstanding: int
+    next_offsets: dict[tuple[str, int], int]
+    timestamps_ms: np.ndarray
+    produced: int
+    bytes_out: int
+    started: float = field(default_factory=time.perf_counter)
+    failed: list[str] = field(default_factory=list)
+    done_at: float | None = None
+
+    def on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self.failed.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
+        self.outstanding -= 1
+        if self.outstanding == 0:
+            self.done_at = time.perf_counter()
+
+
+class OffsetTracker:
+    """Releases input offsets in consumption order, each only after its batch is fully acknowledged."""
+
+    def __init__(self) -> None:
+        self.pending: deque[PendingBatch] = deque()
+
+    def add(self, batch: PendingBatch) -> None:
+        if batch.outstanding == 0:
+            batch.done_at = time.perf_counter()
+        self.pending.append(batch)
+
+    def pop_done(self) -> list[PendingBatch]:
+        """Batches at the front that are complete (successfully or not), in order."""
+        out = []
+        while self.pending and self.pending[0].done_at is not None:
+            out.append(self.pending.popleft())
+        return out
+
+    @property
+    def in_flight_messages(self) -> int:
+        return sum(len(b.timestamps_ms) for b in self.pending)
+
+
+def account(metrics: Metrics, b: PendingBatch) -> None:
+    """Metrics of a fully acknowledged (or committed) batch."""
+    metrics.produced.inc(b.produced)
+    metrics.bytes_out.inc(b.bytes_out)
+    metrics.stage_seconds.labels("produce").observe((b.done_at or time.perf_counter()) - b.started)
+    if len(b.timestamps_ms):
+        ts = b.timestamps_ms[b.timestamps_ms > 0]
+        observe_many(metrics.e2e_seconds, time.time() - ts / 1000.0)
