@@ -158,20 +158,15 @@ def throughput_run(bootstrap: str, model: Path, texts: list[str], partitions: in
     if done < n:
         raise RuntimeError(f"{label}: only {done} of {n} outputs")
     assert first_at is not None and cpu_at_first is not None
-    steady_s = elapsed - (first_at - t0)
-    steady_msgs = n - done_at_first
     per_proc = [v for k, v in sampler.peak.items() if k != proc.pid or processes == 1]
     return {
         "processes": processes, "format": fmt, "guarantee": guarantee, "messages": docs, "outputs": n,
         "compression": env["EMBED_OUTPUT__COMPRESSION"], "split_us_per_message": split,
         "wire_bytes_per_message": wire,
         "seconds": elapsed, "messages_per_s": docs / elapsed, "outputs_per_s": n / elapsed,
-        "steady_messages_per_s": steady_msgs / steady_s if steady_s > 0 else 0.0,
         "cpu_s_total": cpu_total, "cpu_s_per_10k": cpu_total / n * 10_000,
-        # Steady state (after the first output: start-up excluded) when that window holds most messages.
-        "cpu_basis": "steady" if steady_msgs >= n // 2 else "total",
-        "steady_cpu_s_per_10k": ((cpu_total - cpu_at_first) / steady_msgs if steady_msgs >= n // 2
-                                 else cpu_total / n) * 10_000,
+        **steady_figures(n, done_at_first, elapsed, first_at - t0, startup.get("startup_s", 0.0), cpu_total,
+                         cpu_at_first),
         "peak_rss_mb": [round(p["rss"] / 2**20, 1) for p in per_proc],
         "peak_pss_mb": [round(p["pss"] / 2**20, 1) for p in per_proc],
         "peak_private_mb": [round(p["private"] / 2**20, 1) for p in per_proc],
@@ -183,9 +178,25 @@ def throughput_run(bootstrap: str, model: Path, texts: list[str], partitions: in
     }
 
 
+def steady_figures(n: int, done_at_first: int, elapsed: float, first_at: float, ready_s: float, cpu_total: float,
+                   cpu_at_first: float) -> dict[str, Any]:
+    """Rate and CPU per message in the steady state: after the first output (start-up left out), when that
+    window holds at least half the outputs. Otherwise (a short run that finished between two looks at the
+    output) the rate is every output over the time from ready to done, and the CPU the whole run's: a
+    lower bound, never 0 (the latency mode paces its load by this rate)."""
+    steady_msgs, steady_s = n - done_at_first, elapsed - first_at
+    if steady_msgs >= n // 2 and steady_s > 0 and steady_msgs > 0:
+        return {"steady_messages_per_s": steady_msgs / steady_s, "cpu_basis": "steady",
+                "steady_cpu_s_per_10k": (cpu_total - cpu_at_first) / steady_msgs * 10_000}
+    busy_s = elapsed - ready_s if 0 < ready_s < elapsed else elapsed
+    return {"steady_messages_per_s": n / busy_s, "cpu_basis": "total", "steady_cpu_s_per_10k": cpu_total / n * 10_000}
+
+
 def latency_run(bootstrap: str, model: Path, texts: list[str], rate: float, seconds: float, max_wait_ms: int,
                 max_messages: int) -> dict[str, Any]:
     """Produce at `rate` msg/s for `seconds`; latency = output LogAppendTime - input CreateTime."""
+    if int(rate * seconds) < 1:
+        raise ValueError(f"latency mode: {rate:.2f} msg/s for {seconds} s sends no message to measure")
     import socket
     import urllib.request
 
