@@ -12,12 +12,13 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, TopicPartition
 
 from worker.settings import ProcessingGuarantee, Settings
 
 
-def consumer_config(s: Settings, on_stats: Callable[[str], None], on_error: Callable[[KafkaError], None]
+def consumer_config(s: Settings, on_stats: Callable[[str], None], on_error: Callable[[KafkaError], None],
+                    on_commit: Callable[[KafkaError | None, list[TopicPartition]], None] | None = None
                     ) -> dict[str, Any]:
     k = s.kafka
     conf: dict[str, Any] = {
@@ -38,6 +39,8 @@ def consumer_config(s: Settings, on_stats: Callable[[str], None], on_error: Call
         "stats_cb": on_stats,
         "logger": logging.getLogger("librdkafka.consumer"),
     }
+    if on_commit is not None:  # every commit's outcome (worker.commits confirms them)
+        conf["on_commit"] = on_commit
     if k.group_instance_id:
         conf["group.instance.id"] = k.group_instance_id
     conf.update(k.extra("consumer"))

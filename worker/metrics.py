@@ -116,6 +116,13 @@ class Metrics:
         self.paused = gauge("paused_partitions", "Partitions paused by backpressure.")
         self.producer_queue = gauge("producer_queue_messages", "Messages waiting in the producer queue.")
         self.in_flight = gauge("in_flight_messages", "Input messages consumed whose outputs are not yet acknowledged.")
+        self.uncommitted = gauge(
+            "uncommitted_messages", "Acknowledged input messages no successful offset commit covers yet (what a "
+            "rebalance or crash would re-read); consumption pauses at kafka.max_uncommitted_messages."
+        )
+        self.commit_failures = counter(
+            "commit_failures_total", "Offset commits that failed (retried every commit interval)."
+        )
         self.broker_up = gauge("broker_up", "1 when the clients reach a broker, else 0.")
         self.ready = gauge("ready", "1 when /readyz answers ok.")
         self.last_progress = gauge(

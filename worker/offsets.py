@@ -22,6 +22,7 @@ class PendingBatch:
 
     outstanding: int
     next_offsets: dict[tuple[str, int], int]
+    counts: dict[tuple[str, int], int]  # input messages per partition
     timestamps_ms: np.ndarray
     produced: int
     bytes_out: int
@@ -58,6 +59,32 @@ class OffsetTracker:
     @property
     def in_flight_messages(self) -> int:
         return sum(len(b.timestamps_ms) for b in self.pending)
+
+
+class CommitLedger:
+    """Acknowledged inputs that no successful commit covers yet: what a lost session, a rebalance or a crash
+    would make the group re-read. The loop caps it (`kafka.max_uncommitted_messages`), so replay stays bounded
+    also while commits fail (a group coordinator cut off from its cluster answers heartbeats but cannot write
+    commits; the replay once grew with the length of that outage)."""
+
+    def __init__(self) -> None:
+        self._open: dict[tuple[str, int], deque[tuple[int, int]]] = {}  # (next offset, messages) per store
+        self.count = 0
+
+    def stored(self, part: tuple[str, int], next_offset: int, messages: int) -> None:
+        self._open.setdefault(part, deque()).append((next_offset, messages))
+        self.count += messages
+
+    def committed(self, part: tuple[str, int], offset: int) -> None:
+        """A commit of `offset` (the next offset to read) succeeded: the stores up to it are safe."""
+        q = self._open.get(part)
+        while q and q[0][0] <= offset:
+            self.count -= q.popleft()[1]
+
+    def forget(self, parts: set[tuple[str, int]]) -> None:
+        """Partitions this process no longer owns: their replay is the next owner's."""
+        for part in parts:
+            self.count -= sum(n for _, n in self._open.pop(part, ()))
 
 
 def account(metrics: Metrics, b: PendingBatch) -> None:

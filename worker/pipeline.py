@@ -3,9 +3,10 @@
 One thread runs the loop. A batch is what one `consume(max_messages, max_wait)` call returns. Its
 outputs and dead letters are produced asynchronously; an input offset is stored only when every output
 of its batch and of every earlier batch is acknowledged (`OffsetTracker`); stored offsets are committed
-asynchronously at most every `commit_interval_ms`. On revoke and on shutdown the producer is flushed and
+asynchronously every `commit_interval_ms` (`Commits`). On revoke and on shutdown the producer is flushed and
 the stored offsets are committed synchronously. A crash therefore repeats at most the unacknowledged
-batches plus the acknowledged ones not yet committed (one commit interval's worth); it loses nothing.
+batches plus the acknowledged ones not yet committed, which the loop keeps under `max_uncommitted_messages`
+by pausing while commits fail; it loses nothing.
 
 This module keeps the loop, the client callbacks (errors, statistics, rebalances), backpressure and
 shutdown; outputs are built in `worker.outputs`, offsets tracked in `worker.offsets`, exactly-once
@@ -26,6 +27,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from worker.codecs import Headers, InputDecoder, OutputRecord, Reason
+from worker.commits import Commits
 from worker.encoder import Encoder
 from worker.exits import EXIT_AUTH, EXIT_DELIVERY_FAILED, EXIT_FATAL, EXIT_OK, install_signal_handlers
 from worker.kafka_clients import consumer_config, producer_config
@@ -64,13 +66,13 @@ class Pipeline:
         self._held: list[Message] = []
         self._last_error_log: dict[str, float] = {}
         self.transactional = settings.processing_guarantee == ProcessingGuarantee.exactly_once
-        self.consumer = Consumer(consumer_config(settings, self._on_stats, self._on_error))
+        self.commits = Commits(settings.kafka.commit_interval_ms, settings.kafka.max_uncommitted_messages, metrics)
+        self.consumer = Consumer(consumer_config(settings, self._on_stats, self._on_error,
+                                                 None if self.transactional else self.commits.on_commit))
+        self.commits.consumer = self.consumer
         self.producer = Producer(self.producer_conf)
         self.transactions = Transactions(settings, self.producer, self.consumer, metrics, health, self.assigned)
         self.wait_s = settings.batch.max_wait_ms / 1000.0
-        self.commit_interval_s = settings.kafka.commit_interval_ms / 1000.0
-        self._last_commit = 0.0
-        self._stored_uncommitted = False
 
     # ---- callbacks (run inside consume/poll on the loop thread) ----
 
@@ -156,6 +158,7 @@ class Pipeline:
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
         gone = {(p.topic, p.partition) for p in partitions}
+        self.commits.forget(gone)
         if self._held:  # held while paused: their next owner (maybe us again) re-reads them from the committed offset
             self._held = [m for m in self._held if (m.topic(), m.partition()) not in gone]
         for p in partitions:
@@ -172,32 +175,16 @@ class Pipeline:
         """Serve delivery reports; store offsets of every fully acknowledged batch at the front."""
         self._serve_reports()
         done = self.tracker.pop_done()
-        if not done:
-            self._commit_due()  # the last stored offsets of a burst get committed once the input goes quiet
-            return
-        offsets: dict[tuple[str, int], int] = {}
-        for b in done:
+        for i, b in enumerate(done):
             if b.failed:
                 self._delivery_failed(b)
-                return
-            offsets.update(b.next_offsets)
+                done = done[:i]
+                break
             account(self.metrics, b)
-        owned = [TopicPartition(t, p, o) for (t, p), o in offsets.items() if (t, p) in self.assigned]
-        if owned:
-            try:
-                self.consumer.store_offsets(offsets=owned)
-            except KafkaException as e:  # a partition revoked in between: its new owner re-reads
-                log.debug("store_offsets failed", extra={"error": str(e)})
-            self._stored_uncommitted = True
-            self._commit_due()
-
-    def _commit_due(self) -> None:
-        """Commit stored offsets (async) when some are not committed yet and the commit interval has passed."""
-        now = time.monotonic()
-        if self._stored_uncommitted and now - self._last_commit >= self.commit_interval_s:
-            self._last_commit = now
-            self._stored_uncommitted = False
-            self._commit(asynchronous=True)
+        if done:
+            self.commits.store(done, self.assigned)
+        if self.exit_code != EXIT_DELIVERY_FAILED:
+            self.commits.due()  # also the last stored offsets of a burst, once the input goes quiet
 
     def _serve_reports(self) -> None:
         """Run the delivery callbacks that are due (the "callbacks" stage)."""
@@ -229,22 +216,11 @@ class Pipeline:
             self._release()
         return not self.tracker.pending
 
-    def _commit(self, asynchronous: bool = False) -> None:
-        """Commit the stored offsets (only acknowledged work is ever stored). Exactly-once mode commits
+    def _commit(self) -> None:
+        """Commit the stored offsets now (only acknowledged work is ever stored). Exactly-once mode commits
         offsets inside each batch's transaction instead."""
-        if self.transactional:
-            return
-        t0 = time.perf_counter()
-        try:
-            if asynchronous:
-                self.consumer.commit(asynchronous=True)
-            else:
-                self.consumer.commit(asynchronous=False)
-        except KafkaException as e:
-            err = e.args[0] if e.args else None
-            if not (isinstance(err, KafkaError) and err.code() == KafkaError._NO_OFFSET):
-                log.warning("commit failed", extra={"error": str(e)})
-        self.metrics.stage_seconds.labels("commit").observe(time.perf_counter() - t0)
+        if not self.transactional:
+            self.commits.commit()
 
     # ---- the loop ----
 
@@ -284,26 +260,32 @@ class Pipeline:
 
     def _backpressure(self) -> None:
         """Bound the outputs in flight: past `max_in_flight_batches`, wait for acknowledgements; if they
-        do not come within a second (slow or absent broker), pause consumption until they do."""
+        do not come within a second (slow or absent broker), pause consumption until they do. Bound the
+        replay too: pause while `max_uncommitted_messages` acknowledged inputs await a confirmed commit."""
         limit = self.s.batch.max_in_flight_batches
-        if len(self.tracker.pending) >= limit and not self.paused:
+        if not self.paused and len(self.tracker.pending) >= limit:
             deadline = time.monotonic() + 1.0
             while len(self.tracker.pending) >= limit and time.monotonic() < deadline:
                 self.producer.poll(0.05)
                 self._release()
             if len(self.tracker.pending) >= limit:
-                parts = self.consumer.assignment()
-                self.consumer.pause(parts)
-                self.paused = True
-                self.metrics.paused.set(len(parts))
-                log.warning("output is slow: consumption paused",
-                            extra={"batches_in_flight": len(self.tracker.pending)})
-        elif self.paused and len(self.tracker.pending) < max(1, limit // 2):
+                self._pause("output is slow: consumption paused", batches_in_flight=len(self.tracker.pending))
+        if not self.paused and self.commits.blocked():
+            self._pause("offset commits are not confirmed: consumption paused until one is",
+                        uncommitted=self.commits.uncommitted, cap=self.commits.cap)
+        elif self.paused and len(self.tracker.pending) < max(1, limit // 2) and not self.commits.blocked():
             parts = self.consumer.assignment()
             self.consumer.resume(parts)
             self.paused = False
             self.metrics.paused.set(0)
-            log.info("output caught up: consumption resumed")
+            log.info("consumption resumed")
+
+    def _pause(self, why: str, **extra: int) -> None:
+        parts = self.consumer.assignment()
+        self.consumer.pause(parts)
+        self.paused = True
+        self.metrics.paused.set(len(parts))
+        log.warning(why, extra=extra)
 
     def process(self, msgs: list[Message]) -> None:
         """Decode, encode and produce one micro-batch; register it with the offset tracker."""
@@ -341,14 +323,17 @@ class Pipeline:
         m.batch_size.observe(n)
 
         next_offsets: dict[tuple[str, int], int] = {}
+        counts: dict[tuple[str, int], int] = {}
         for topic, part, off in where:
             next_offsets[(topic, part)] = off + 1
+            counts[(topic, part)] = counts.get((topic, part), 0) + 1
         out_values = self.assembler.values(records, vectors)
         t3 = self._lap("format", t2)
         outgoing, records = self.assembler.assemble(real, records, out_values, values, keys, where, bad)
         batch = PendingBatch(
             outstanding=len(outgoing),
             next_offsets=next_offsets,
+            counts=counts,
             timestamps_ms=np.fromiter((msg.timestamp()[1] for msg in real), dtype=np.int64, count=n),
             produced=len({r.source for r in records}),
             bytes_out=sum(len(o[2] or b"") for o in outgoing if o[0] == self.s.output_topic),

@@ -70,6 +70,11 @@ class KafkaSettings(BaseModel):
     commit_interval_ms: int = Field(
         1000, ge=0, description="Commit acknowledged offsets at most this often (async); 0 = after every batch."
     )
+    max_uncommitted_messages: int = Field(
+        20000, ge=0, description="at_least_once: acknowledged inputs that may await a successful commit; at half "
+        "of it a commit is sent early, at all of it consumption pauses until one is confirmed. Bounds what a "
+        "rebalance or crash re-reads (this plus the batches in flight), also while commits fail. 0 = no bound."
+    )
     session_timeout_ms: int = Field(45000, ge=1000)
     client_id: str = Field("embedstream", description="client.id prefix seen in broker logs.")
     config: dict[str, SecretStr] = Field(

@@ -67,6 +67,11 @@ class Cluster:
         md = AdminClient({"bootstrap.servers": servers}).list_topics(topic, timeout=20).topics[topic]
         return {p: m.leader for p, m in md.partitions.items()}
 
+    def coordinator(self, group: str) -> int:
+        """The broker id of `group`'s coordinator, as the cluster answers now."""
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        return int(admin.describe_consumer_groups([group])[group].result(timeout=20).coordinator.id)
+
     def wait_full_isr(self, topics: list[str], timeout: float = 120) -> float:
         """Wait until every partition of `topics` has all 3 replicas in sync; the seconds it took."""
         admin = AdminClient({"bootstrap.servers": self.bootstrap})

@@ -12,11 +12,21 @@ from pathlib import Path
 from typing import Any
 
 from clusterkit import Cluster, seconds_to_zero_lag
-from faultkit import BackgroundProducer, Stream, Tally, header_index, note, output_index, reconcile
+from faultkit import (
+    REPLAY_BOUND,
+    BackgroundProducer,
+    Stream,
+    Tally,
+    header_index,
+    note,
+    output_index,
+    reconcile,
+    replay_env,
+)
 
 from kafkatools import WorkerProcess, unique
 
-BATCH, IN_FLIGHT, PARTS = 256, 4, 4
+PARTS = 4
 
 
 @dataclass
@@ -70,7 +80,7 @@ class Scenario:
             raise
         complete = self.tally.until_complete(timeout=180, settle=3, alive=alive)
         codes = [w.stop() for w in alive]
-        bound = 0 if self.eos else BATCH * (IN_FLIGHT + 1) * faults
+        bound = 0 if self.eos else REPLAY_BOUND * faults
         r = reconcile(f"cluster {self.name} ({self.mode})", injected, self.tally, self.started,
                       outputs_topic=self.names[1], dlq_topic=self.names[2], bound=bound,
                       notes=f"lag 0 after {lag_s} s; {notes}".strip("; "))
@@ -95,8 +105,7 @@ def start(cluster: Cluster, topics: Any, worker_env: Any, name: str, mode: str, 
     """Fresh topics and a producer writing n inputs over `seconds`; the tally reads from the start."""
     names = topics(PARTS)
     stream = Stream(n, keys=120, seed=17, prefix=f"c-{name}-{mode[:3]}-")
-    env = worker_env(*names, EMBED_PROCESSING_GUARANTEE=mode, EMBED_BATCH__MAX_MESSAGES=str(BATCH),
-                     EMBED_BATCH__MAX_IN_FLIGHT_BATCHES=str(IN_FLIGHT), **extra)
+    env = worker_env(*names, EMBED_PROCESSING_GUARANTEE=mode, **{**replay_env(), **extra})
     if mode == "exactly_once" and "EMBED_KAFKA__TRANSACTIONAL_ID" not in extra:
         env["EMBED_KAFKA__TRANSACTIONAL_ID"] = unique(f"cluster-{name}")
     b = cluster.bootstrap

@@ -29,6 +29,19 @@ from confluent_kafka import Consumer, Message
 
 from kafkatools import produce, unique
 
+# At least once, a fault that makes the group re-read (a restart, a lost session, a rebalance) repeats at most
+# the acknowledged inputs that no commit covers (< UNCOMMITTED: the worker pauses there, however long commits
+# fail: worker.commits) plus the unacknowledged batches in flight (<= IN_FLIGHT x BATCH). REPLAY_BOUND is that
+# bound per fault, derived from the settings that replay_env() gives the worker.
+BATCH, IN_FLIGHT, UNCOMMITTED = 256, 4, 256
+REPLAY_BOUND = UNCOMMITTED + IN_FLIGHT * BATCH
+
+
+def replay_env() -> dict[str, str]:
+    """The worker settings REPLAY_BOUND is derived from."""
+    return {"EMBED_BATCH__MAX_MESSAGES": str(BATCH), "EMBED_BATCH__MAX_IN_FLIGHT_BATCHES": str(IN_FLIGHT),
+            "EMBED_KAFKA__MAX_UNCOMMITTED_MESSAGES": str(UNCOMMITTED)}
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 LONG = os.environ.get("EMBEDSTREAM_FAULTS_LONG", "") == "1"

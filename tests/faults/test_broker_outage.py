@@ -8,13 +8,24 @@ from __future__ import annotations
 import time
 
 import pytest
-from faultkit import BackgroundProducer, Stream, Tally, note, output_index, pick, reconcile, seeded
+from faultkit import (
+    BATCH,
+    REPLAY_BOUND,
+    BackgroundProducer,
+    Stream,
+    Tally,
+    note,
+    output_index,
+    pick,
+    reconcile,
+    replay_env,
+    seeded,
+)
 
 from kafkatools import LocalBroker, WorkerProcess, create_topics, unique, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
-BATCH, IN_FLIGHT = 256, 4
 RESUME_S = 120  # a recovery that needs nobody's help, inside two liveness stall timeouts (60 s each)
 
 
@@ -49,8 +60,7 @@ def test_broker_outage_worker_recovers_by_itself(mode, outage_broker, worker_env
     extra = {"EMBED_PROCESSING_GUARANTEE": mode}
     if eos:
         extra["EMBED_KAFKA__TRANSACTIONAL_ID"] = unique("faults-outage")
-    env = worker_env(*names, EMBED_KAFKA__BOOTSTRAP_SERVERS=b, EMBED_BATCH__MAX_MESSAGES=str(BATCH),
-                     EMBED_BATCH__MAX_IN_FLIGHT_BATCHES=str(IN_FLIGHT), EMBED_KAFKA__COMMIT_INTERVAL_MS="0",
+    env = worker_env(*names, EMBED_KAFKA__BOOTSTRAP_SERVERS=b, EMBED_KAFKA__COMMIT_INTERVAL_MS="0", **replay_env(),
                      EMBED_METRICS__STATISTICS_INTERVAL_MS="500", **extra)
     started = time.monotonic()
     worker = WorkerProcess(env, tmp_path / "w.log")
@@ -105,7 +115,7 @@ def test_broker_outage_worker_recovers_by_itself(mode, outage_broker, worker_env
     refused = sum("Connect to ipv4" in line for line in worker.log_path.read_text(errors="replace").splitlines())
     note(f"worker log: {refused} 'Connect ... failed' lines from librdkafka during the outage "
          f"({refused / max(1.0, down_for):.1f}/s)")
-    bound = 0 if eos else BATCH * (IN_FLIGHT + 1)
+    bound = 0 if eos else REPLAY_BOUND
     r = reconcile(f"broker outage ({mode})", f"broker down {down_for:.0f}s at {stop_at} outputs, worker kept",
                   tally, started, bound=bound, notes=f"/readyz during the outage: {sorted(set(readyz_during))}")
     assert code == 0, worker.log_tail()

@@ -8,13 +8,25 @@ import signal
 import time
 
 import pytest
-from faultkit import BackgroundProducer, Stream, Tally, note, output_index, pick, reconcile, seeded
+from faultkit import (
+    BATCH,
+    IN_FLIGHT,
+    REPLAY_BOUND,
+    BackgroundProducer,
+    Stream,
+    Tally,
+    note,
+    output_index,
+    pick,
+    reconcile,
+    replay_env,
+    seeded,
+)
 
 from kafkatools import WorkerProcess, unique, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
-BATCH, IN_FLIGHT = 256, 4
 
 
 @pytest.mark.timeout(pick(400, 1800))
@@ -30,8 +42,8 @@ def test_kill9_at_random_points_and_restart(mode, bootstrap, topics, worker_env,
     extra = {"EMBED_PROCESSING_GUARANTEE": mode}
     if eos:
         extra["EMBED_KAFKA__TRANSACTIONAL_ID"] = unique("faults-kill")  # the restarted process fences its zombie
-    env = worker_env(*names, EMBED_BATCH__MAX_MESSAGES=str(BATCH), EMBED_BATCH__MAX_IN_FLIGHT_BATCHES=str(IN_FLIGHT),
-                     EMBED_KAFKA__COMMIT_INTERVAL_MS="0", EMBED_KAFKA__SESSION_TIMEOUT_MS="6000", **extra)
+    env = worker_env(*names, EMBED_KAFKA__COMMIT_INTERVAL_MS="0", EMBED_KAFKA__SESSION_TIMEOUT_MS="6000",
+                     **replay_env(), **extra)
     thresholds = [rng.randint(2_000, 25_000) for _ in range(kills)]
     started = time.monotonic()
     producer = BackgroundProducer(bootstrap, names[0], stream, rate=n / pick(25, 120))
@@ -58,7 +70,7 @@ def test_kill9_at_random_points_and_restart(mode, bootstrap, topics, worker_env,
         for w in workers:
             w.kill()
         tally.close()
-    bound = 0 if eos else BATCH * (IN_FLIGHT + 1) * kills
+    bound = 0 if eos else REPLAY_BOUND * kills
     r = reconcile(f"kill9 x{kills} ({mode})", f"kill -9 x{kills} at outputs {thresholds}, restarted", tally,
                   started, bound=bound, notes=f"batch {BATCH}, in-flight {IN_FLIGHT}, commit every batch")
     assert code == 0, final.log_tail()

@@ -9,13 +9,24 @@ import signal
 import time
 
 import pytest
-from faultkit import BackgroundProducer, Stream, Tally, assert_alive, note, output_index, pick, reconcile, seeded
+from faultkit import (
+    REPLAY_BOUND,
+    BackgroundProducer,
+    Stream,
+    Tally,
+    assert_alive,
+    note,
+    output_index,
+    pick,
+    reconcile,
+    replay_env,
+    seeded,
+)
 
 from kafkatools import WorkerProcess, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
-BATCH, IN_FLIGHT = 256, 4
 
 
 def total(workers: list[WorkerProcess], name: str) -> float:
@@ -29,8 +40,8 @@ def test_three_workers_one_killed_one_added_under_load(bootstrap, topics, worker
     rng = seeded("rebalance")
     names = topics(partitions=parts)
     stream = Stream(n, keys=150, seed=12, prefix="rb-")
-    env = worker_env(*names, EMBED_BATCH__MAX_MESSAGES=str(BATCH), EMBED_BATCH__MAX_IN_FLIGHT_BATCHES=str(IN_FLIGHT),
-                     EMBED_KAFKA__COMMIT_INTERVAL_MS="0", EMBED_KAFKA__SESSION_TIMEOUT_MS="6000")
+    env = worker_env(*names, EMBED_KAFKA__COMMIT_INTERVAL_MS="0", EMBED_KAFKA__SESSION_TIMEOUT_MS="6000",
+                     **replay_env())
     started = time.monotonic()
     producer = BackgroundProducer(bootstrap, names[0], stream, rate=n / pick(30, 150))
     tally = Tally(bootstrap, [names[1]], n, output_index(stream))
@@ -69,7 +80,7 @@ def test_three_workers_one_killed_one_added_under_load(bootstrap, topics, worker
         for w in everyone:
             w.kill()
         tally.close()
-    bound = BATCH * (IN_FLIGHT + 1)
+    bound = REPLAY_BOUND
     r = reconcile("3 workers, kill 1, add 1 (at_least_once)", f"kill -9 of 1 of 3 at {kill_at} outputs, +1 worker",
                   tally, started, bound=bound, notes=f"6 partitions; assignment after {spread}")
     assert codes == [0, 0, 0], [w.log_tail() for w in workers]
