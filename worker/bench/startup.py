@@ -1,6 +1,6 @@
 """`bench pipeline`'s start-up and memory figures: process start to /readyz 200, and each process's private
-memory (Private_Dirty + Private_Clean) and PSS once the stream is through, with the pod's PSS against one
-process's. Kept apart from the throughput runs that use them.
+memory (its own: the model table's page cache left out) and PSS once the stream is through, with the pod's PSS
+against one process's. Kept apart from the throughput runs that use them.
 """
 
 from __future__ import annotations
@@ -33,12 +33,13 @@ def wait_ready(port: int, t0: float, proc: subprocess.Popen[bytes], out: dict[st
 
 
 def memory_now(pids: list[int]) -> tuple[list[float], list[float]]:
-    """(private MB = Private_Dirty + Private_Clean, PSS MB) of each process, now."""
-    from worker.metrics import read_smaps_rollup
+    """(private MB: the process's own memory, the model table's page cache left out; PSS MB) of each process,
+    now."""
+    from worker.metrics import read_private_memory, read_smaps_rollup
 
-    mems = [m for m in (read_smaps_rollup(pid) for pid in pids) if m]
-    return ([round((m.get("Private_Dirty", 0) + m.get("Private_Clean", 0)) / 2**20, 1) for m in mems],
-            [round(m.get("Pss", 0) / 2**20, 1) for m in mems])
+    found = [(pid, m) for pid, m in ((pid, read_smaps_rollup(pid)) for pid in pids) if m]
+    return ([round((read_private_memory(pid) or 0) / 2**20, 1) for pid, _ in found],
+            [round(m.get("Pss", 0) / 2**20, 1) for _, m in found])
 
 
 def report_memory(runs: list[dict[str, Any]]) -> None:
