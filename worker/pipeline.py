@@ -62,6 +62,8 @@ class Pipeline:
         self.exit_code = EXIT_OK
         self.assigned: set[tuple[str, int]] = set()
         self.paused = False
+        self._paused_at = 0.0
+        self._pause_said = False  # the pause was logged (a warning): its end is logged too
         self.lag_total = 0
         self._held: list[Message] = []
         self._last_error_log: dict[str, float] = {}
@@ -261,7 +263,8 @@ class Pipeline:
     def _backpressure(self) -> None:
         """Bound the outputs in flight: past `max_in_flight_batches`, wait for acknowledgements; if they
         do not come within a second (slow or absent broker), pause consumption until they do. Bound the
-        replay too: pause while `max_uncommitted_messages` acknowledged inputs await a confirmed commit."""
+        replay too: pause while `max_uncommitted_messages` acknowledged inputs await a confirmed commit (one
+        is on its way, sent early at half of it; said in the log only if none is confirmed within a second)."""
         limit = self.s.batch.max_in_flight_batches
         if not self.paused and len(self.tracker.pending) >= limit:
             deadline = time.monotonic() + 1.0
@@ -269,23 +272,32 @@ class Pipeline:
                 self.producer.poll(0.05)
                 self._release()
             if len(self.tracker.pending) >= limit:
-                self._pause("output is slow: consumption paused", batches_in_flight=len(self.tracker.pending))
+                self._pause()
+                self._pause_said = True
+                log.warning("output is slow: consumption paused",
+                            extra={"batches_in_flight": len(self.tracker.pending)})
         if not self.paused and self.commits.blocked():
-            self._pause("offset commits are not confirmed: consumption paused until one is",
-                        uncommitted=self.commits.uncommitted, cap=self.commits.cap)
-        elif self.paused and len(self.tracker.pending) < max(1, limit // 2) and not self.commits.blocked():
-            parts = self.consumer.assignment()
-            self.consumer.resume(parts)
+            self._pause()
+        if not self.paused:
+            return
+        if len(self.tracker.pending) < max(1, limit // 2) and not self.commits.blocked():
+            self.consumer.resume(self.consumer.assignment())
             self.paused = False
             self.metrics.paused.set(0)
-            log.info("consumption resumed")
+            if self._pause_said:
+                self._pause_said = False
+                log.info("consumption resumed")
+        elif not self._pause_said and self.commits.blocked() and time.monotonic() - self._paused_at > 1.0:
+            self._pause_said = True
+            log.warning("offset commits are not confirmed: consumption paused until one is",
+                        extra={"uncommitted": self.commits.uncommitted, "cap": self.commits.cap})
 
-    def _pause(self, why: str, **extra: int) -> None:
+    def _pause(self) -> None:
         parts = self.consumer.assignment()
         self.consumer.pause(parts)
         self.paused = True
+        self._paused_at = time.monotonic()
         self.metrics.paused.set(len(parts))
-        log.warning(why, extra=extra)
 
     def process(self, msgs: list[Message]) -> None:
         """Decode, encode and produce one micro-batch; register it with the offset tracker."""
