@@ -57,17 +57,18 @@ def gauge(metrics: Metrics) -> float:
     return metrics.uncommitted._value.get()  # type: ignore[attr-defined]
 
 
-def test_ledger_counts_stores_until_a_commit_covers_them():
+def test_ledger_counts_stores_until_a_commit_sent_after_them_is_confirmed():
     ledger = CommitLedger()
-    ledger.stored((T, 0), 10, 10)
-    ledger.stored((T, 0), 15, 5)
-    ledger.stored((T, 1), 7, 7)
+    ledger.stored((T, 0), 10)
+    first = ledger.seq
+    ledger.stored((T, 0), 5)
+    ledger.stored((T, 1), 7)
     assert ledger.count == 22
-    ledger.committed((T, 0), 12)  # covers the first store only
+    ledger.committed((T, 0), first)  # a commit sent after the first store only
     assert ledger.count == 12
-    ledger.committed((T, 0), 15)
-    ledger.committed((T, 9), 100)  # a partition with nothing open
-    assert ledger.count == 7
+    ledger.committed((T, 0), ledger.seq)
+    ledger.committed((T, 9), ledger.seq)  # a partition with nothing open
+    assert ledger.count == 7 and ledger.parts == [(T, 1)]
     ledger.forget({(T, 1)})
     assert ledger.count == 0
 
@@ -143,3 +144,30 @@ def test_no_cap_never_blocks():
     c, _, _ = commits(cap=0)
     c.store([batch(0, 0, 1_000_000)], {(T, 0)})
     assert not c.blocked()
+
+
+def test_a_confirmed_commit_releases_every_earlier_store_whatever_its_offset():
+    """A clean-clone CI run hung here: after a lost session, an output batch of the old assignment was
+    acknowledged and stored (offset 3,000) behind the new assignment's stores (re-read from 2,500); commits of
+    the lower stored offset never covered it, the ledger stayed at the cap and consumption stayed paused.
+    Confirmation now goes by store order, not offsets (and the loop no longer stores a past assignment's
+    offsets at all)."""
+    c, consumer, _ = commits(cap=100)
+    c.store([batch(0, 2_900, 100)], {(T, 0)})  # next offset 3,000
+    c.store([batch(0, 2_500, 100)], {(T, 0)})  # next offset 2,600: librdkafka now holds 2,600
+    assert c.blocked()
+    c.due()
+    c.on_commit(None, consumer.stored_partitions())  # committed 2,600
+    assert c.uncommitted == 0 and not c.blocked()
+
+
+def test_partitions_a_commit_does_not_name_are_not_left_open():
+    c, _, _ = commits(cap=100)
+    c.store([batch(0, 0, 60), batch(1, 0, 60)], {(T, 0), (T, 1)})
+    c.due()
+    c.on_commit(None, [TopicPartition(T, 0, 60)])  # nothing new stored for partition 1: not in the request
+    assert c.uncommitted == 0
+    c.store([batch(0, 60, 10)], {(T, 0)})
+    c.commit(asynchronous=True)
+    c.on_commit(KafkaError(KafkaError._NO_OFFSET), [])  # nothing stored at all: nothing can wait for it
+    assert c.uncommitted == 0

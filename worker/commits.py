@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Iterable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -35,7 +36,7 @@ class Commits:
         self.consumer: Consumer | None = None  # set once the consumer exists (its config names on_commit)
         self._last = 0.0
         self._waiting = False  # stored offsets that no commit has been sent for yet
-        self._in_flight = False  # an asynchronous commit not yet confirmed
+        self._sent: deque[int] = deque()  # per asynchronous commit not yet confirmed: the last store it covers
         self._sync = False  # inside a synchronous commit
         self._last_failure_log = 0.0
 
@@ -50,11 +51,11 @@ class Commits:
     def store(self, batches: Iterable[PendingBatch], assigned: set[tuple[str, int]]) -> None:
         """Store the next offsets of fully acknowledged batches (in consumption order) for owned partitions."""
         offsets: dict[tuple[str, int], int] = {}
-        counts: dict[tuple[str, int], list[tuple[int, int]]] = {}
+        counts: dict[tuple[str, int], int] = {}
         for b in batches:
             offsets.update(b.next_offsets)
-            for part, nxt in b.next_offsets.items():
-                counts.setdefault(part, []).append((nxt, b.counts.get(part, 0)))
+            for part in b.next_offsets:
+                counts[part] = counts.get(part, 0) + b.counts.get(part, 0)
         owned = [TopicPartition(t, p, o) for (t, p), o in offsets.items() if (t, p) in assigned]
         if not owned:
             return
@@ -63,9 +64,9 @@ class Commits:
             self.consumer.store_offsets(offsets=owned)
         except KafkaException as e:  # a partition revoked in between: its new owner re-reads
             log.debug("store_offsets failed", extra={"error": str(e)})
+            return
         for tp in owned:
-            for nxt, n in counts[(tp.topic, tp.partition)]:
-                self.ledger.stored((tp.topic, tp.partition), nxt, n)
+            self.ledger.stored((tp.topic, tp.partition), counts[(tp.topic, tp.partition)])
         self._waiting = True
         self.metrics.uncommitted.set(self.ledger.count)
 
@@ -73,7 +74,7 @@ class Commits:
         """Commit (async) what is stored when the interval has passed, or early when half the cap waits."""
         if not self._waiting:
             return
-        early = self.cap > 0 and self.ledger.count * 2 >= self.cap and not self._in_flight
+        early = self.cap > 0 and self.ledger.count * 2 >= self.cap and not self._sent
         now = time.monotonic()
         if early or now - self._last >= self.interval_s:
             self._last = now
@@ -84,21 +85,23 @@ class Commits:
         assert self.consumer is not None
         t0 = time.perf_counter()
         self._waiting = False
+        upto = self.ledger.seq  # what is stored now is what this commit sends
         try:
             if asynchronous:
-                self._in_flight = True
                 self.consumer.commit(asynchronous=True)
+                self._sent.append(upto)
             else:
                 self._sync = True  # librdkafka also calls on_commit from inside a synchronous commit
                 try:
                     parts = self.consumer.commit(asynchronous=False)
                 finally:
                     self._sync = False
-                self._confirmed(parts or [])
+                self._confirmed(parts or [], upto)
         except KafkaException as e:
-            self._in_flight = False
             err = e.args[0] if e.args else None
-            if not (isinstance(err, KafkaError) and err.code() == KafkaError._NO_OFFSET):
+            if isinstance(err, KafkaError) and err.code() == KafkaError._NO_OFFSET:
+                self._confirmed([], upto)  # nothing stored to send: nothing of ours awaits it
+            else:
                 self._failed(str(e))
         self.metrics.stage_seconds.labels("commit").observe(time.perf_counter() - t0)
 
@@ -106,22 +109,26 @@ class Commits:
         """librdkafka's outcome of a commit (served by consume/poll on the loop thread)."""
         if self._sync:
             return  # the synchronous commit's own return value (or exception) says the same
-        self._in_flight = False
+        upto = self._sent.popleft() if self._sent else 0
         if err is not None and err.code() != KafkaError._NO_OFFSET:
             self._failed(err.str())
             return
-        self._confirmed(partitions)
+        self._confirmed(partitions if err is None else [], upto)
 
     def forget(self, parts: set[tuple[str, int]]) -> None:
         """Partitions revoked or lost: their replay is their next owner's."""
         self.ledger.forget(parts)
         self.metrics.uncommitted.set(self.ledger.count)
 
-    def _confirmed(self, partitions: list[TopicPartition]) -> None:
+    def _confirmed(self, partitions: list[TopicPartition], upto: int) -> None:
+        """A commit that covered the stores up to number `upto` came back. Partitions it names with an error
+        stay open; the others are committed: named without error, or not named (nothing new was stored for them
+        that librdkafka could send, so nothing of theirs can wait for a later commit)."""
         failed = [f"{p.topic}[{p.partition}]: {p.error.str()}" for p in partitions if p.error is not None]
-        for p in partitions:
-            if p.error is None and p.offset >= 0:
-                self.ledger.committed((p.topic, p.partition), p.offset)
+        errors = {(p.topic, p.partition) for p in partitions if p.error is not None}
+        for part in self.ledger.parts:
+            if part not in errors:
+                self.ledger.committed(part, upto)
         self.metrics.uncommitted.set(self.ledger.count)
         if failed:
             self._failed("; ".join(failed[:4]))

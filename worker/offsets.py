@@ -65,26 +65,35 @@ class CommitLedger:
     """Acknowledged inputs that no successful commit covers yet: what a lost session, a rebalance or a crash
     would make the group re-read. The loop caps it (`kafka.max_uncommitted_messages`), so replay stays bounded
     also while commits fail (a group coordinator cut off from its cluster answers heartbeats but cannot write
-    commits; the replay once grew with the length of that outage)."""
+    commits; the replay once grew with the length of that outage).
+
+    Stores are numbered: a confirmed commit of a partition covers every store of it made before that commit
+    was sent (a commit sends what is stored then), whatever the offsets, so no store can stay open for ever."""
 
     def __init__(self) -> None:
-        self._open: dict[tuple[str, int], deque[tuple[int, int]]] = {}  # (next offset, messages) per store
+        self._open: dict[tuple[str, int], deque[tuple[int, int]]] = {}  # (store number, messages) per store
         self.count = 0
+        self.seq = 0  # the number of the last store
 
-    def stored(self, part: tuple[str, int], next_offset: int, messages: int) -> None:
-        self._open.setdefault(part, deque()).append((next_offset, messages))
+    def stored(self, part: tuple[str, int], messages: int) -> None:
+        self.seq += 1
+        self._open.setdefault(part, deque()).append((self.seq, messages))
         self.count += messages
 
-    def committed(self, part: tuple[str, int], offset: int) -> None:
-        """A commit of `offset` (the next offset to read) succeeded: the stores up to it are safe."""
+    def committed(self, part: tuple[str, int], upto: int) -> None:
+        """A commit of `part` sent after store number `upto` succeeded: those stores are safe."""
         q = self._open.get(part)
-        while q and q[0][0] <= offset:
+        while q and q[0][0] <= upto:
             self.count -= q.popleft()[1]
 
     def forget(self, parts: set[tuple[str, int]]) -> None:
         """Partitions this process no longer owns: their replay is the next owner's."""
         for part in parts:
             self.count -= sum(n for _, n in self._open.pop(part, ()))
+
+    @property
+    def parts(self) -> list[tuple[str, int]]:
+        return [p for p, q in self._open.items() if q]
 
 
 def account(metrics: Metrics, b: PendingBatch) -> None:

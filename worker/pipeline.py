@@ -64,6 +64,8 @@ class Pipeline:
         self.paused = False
         self._paused_at = 0.0
         self._pause_said = False  # the pause was logged (a warning): its end is logged too
+        # librdkafka keeps a pause across a revoke and re-assignment: set it again after every assignment
+        self._pause_stale = False
         self.lag_total = 0
         self._held: list[Message] = []
         self._last_error_log: dict[str, float] = {}
@@ -141,8 +143,7 @@ class Pipeline:
         self.metrics.broker_up.set(1)
         self.metrics.rebalances.labels("assign").inc()
         self.metrics.assigned.set(len(self.assigned))
-        if self.paused and partitions:
-            consumer.pause(partitions)
+        self._pause_stale = True  # set the new partitions' pause state from the loop, once they are assigned
         log.info("partitions assigned", extra={"partitions": _names(partitions), "assigned": len(self.assigned)})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -161,6 +162,9 @@ class Pipeline:
     def _forget(self, partitions: list[TopicPartition]) -> None:
         gone = {(p.topic, p.partition) for p in partitions}
         self.commits.forget(gone)
+        for b in self.tracker.pending:  # outputs still in flight: never store their offsets for a past assignment
+            for part in gone:
+                b.next_offsets.pop(part, None)
         if self._held:  # held while paused: their next owner (maybe us again) re-reads them from the committed offset
             self._held = [m for m in self._held if (m.topic(), m.partition()) not in gone]
         for p in partitions:
@@ -266,6 +270,10 @@ class Pipeline:
         replay too: pause while `max_uncommitted_messages` acknowledged inputs await a confirmed commit (one
         is on its way, sent early at half of it; said in the log only if none is confirmed within a second)."""
         limit = self.s.batch.max_in_flight_batches
+        if self._pause_stale:
+            self._pause_stale = False
+            parts = self.consumer.assignment()
+            (self.consumer.pause if self.paused else self.consumer.resume)(parts)
         if not self.paused and len(self.tracker.pending) >= limit:
             deadline = time.monotonic() + 1.0
             while len(self.tracker.pending) >= limit and time.monotonic() < deadline:
