@@ -26,7 +26,7 @@ PY
   else
     echo "demo: the hub model is not reachable; using a synthetic demo model (random vectors, real tokenizer)." >&2
     echo "demo: set EMBED_MODEL__PATH to a Model2Vec folder for real embeddings." >&2
-    export EMBED_MODEL__PATH="$(.venv/bin/python -c 'from worker.bench.synthetic import cached_model; print(cached_model("unigram", vocab_size=8000, dim=768))')"
+    export EMBED_MODEL__PATH="$(.venv/bin/python -c 'from worker.bench.synthetic.model_cache import cached_model; print(cached_model("unigram", vocab_size=8000, dim=768))')"
   fi
 fi
 

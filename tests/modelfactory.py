@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from worker.bench.synthetic import train_tokenizer, write_model
+from worker.bench.synthetic.models import train_tokenizer, write_model
 
 WORDS = {
     "en": "the quick brown fox jumps over a lazy dog while streaming systems embed every event they see "

@@ -17,7 +17,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from modelfactory import WORDS, build_tokenizer, corpus, sample_texts
 from worker import encoder as encoder_module
-from worker.bench.synthetic import write_model
+from worker.bench.synthetic.models import write_model
 from worker.encoder import Encoder
 from worker.fastpath import MAX_CROSSING_TOKENS, FastPathUnsupported, Scheme, analyze, check_corpus
 from worker.model import load_model

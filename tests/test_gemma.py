@@ -9,7 +9,7 @@ import pytest
 from model2vec import StaticModel
 
 from worker.bench.gemma import SHA256, _sha256, fetch_tokenizer
-from worker.bench.synthetic import paragraph_texts, short_texts
+from worker.bench.synthetic.texts import paragraph_texts, short_texts
 from worker.encoder import Encoder
 from worker.fastpath import check_corpus
 from worker.model import load_model

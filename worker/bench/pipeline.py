@@ -267,18 +267,18 @@ def latency_run(bootstrap: str, model: Path, texts: list[str], rate: float, seco
 
 
 def texts_for(text_set: str, n: int) -> list[str]:
-    from worker.bench import synthetic
+    from worker.bench.synthetic.texts import paragraph_texts, short_texts
 
     if text_set == "short":
-        return synthetic.short_texts(n, seed=7)
+        return short_texts(n, seed=7)
     if text_set == "paragraph":
-        return synthetic.paragraph_texts(n, seed=7)
+        return paragraph_texts(n, seed=7)
     if text_set == "documents":  # ~5,000 words each: 50 paragraphs of ~100 words
-        paragraphs = synthetic.paragraph_texts(n * 50, seed=9)
+        paragraphs = paragraph_texts(n * 50, seed=9)
         return ["\n\n".join(paragraphs[i * 50:(i + 1) * 50]) for i in range(n)]
     half = n // 2
-    return [t for pair in zip(synthetic.short_texts(half, seed=7), synthetic.paragraph_texts(n - half, seed=8),
-                              strict=False) for t in pair][:n]
+    return [t for pair in zip(short_texts(half, seed=7), paragraph_texts(n - half, seed=8), strict=False)
+            for t in pair][:n]
 
 
 def main(args: argparse.Namespace) -> int:
@@ -313,7 +313,7 @@ def run_all(args: argparse.Namespace, bootstrap: str) -> int:
     os.environ["EMBED_OUTPUT__COMPRESSION"] = compressions[0]
     os.environ["EMBED_CHUNKING__MODE"] = args.chunking
     from worker.bench.encoder import machine_info, versions
-    from worker.bench.synthetic import cached_model
+    from worker.bench.synthetic.model_cache import cached_model
 
     model = Path(args.model) if args.model else cached_model("unigram", vocab_size=32_768, dim=768)
     texts = texts_for(args.text_set, args.messages)
