@@ -25,6 +25,9 @@ import orjson
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from worker.produce import produce_records
+from worker.readiness import wait_until_ready
+
 ROOT = Path(__file__).resolve().parents[2]
 
 Client = str | dict[str, Any]
@@ -69,22 +72,7 @@ def produce(client: Client, topic: str, messages: Iterable[tuple[bytes | None, b
         if err is not None:
             errors.append(err.str())
 
-    t0 = time.monotonic()
-    sent = 0
-    for key, value, headers in messages:
-        while True:
-            try:
-                p.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
-                break
-            except BufferError:
-                p.poll(0.1)
-        sent += 1
-        if sent % 256 == 0:
-            p.poll(0)
-            if rate > 0:
-                ahead = sent / rate - (time.monotonic() - t0)
-                if ahead > 0:
-                    time.sleep(ahead)
+    sent = produce_records(p, topic, messages, rate=rate, poll_every=256, on_delivery=on_delivery)
     left = p.flush(300)
     assert left == 0, f"{left} messages not acknowledged"
     assert not errors, errors[:3]
@@ -208,13 +196,11 @@ class WorkerProcess:
         return None
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if self.get("/readyz")[0] == 200:
-                return
-            time.sleep(0.2)
+        if wait_until_ready(f"http://{self.host}:{self.port}/readyz", timeout, request_timeout=5,
+                            gave_up=lambda: self.proc.poll() is not None):
+            return
+        if self.proc.poll() is not None:
+            raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
         raise AssertionError(f"worker not ready in {timeout}s:\n{self.log_tail()}")
 
     def signal(self, sig: int) -> None:

@@ -4,14 +4,13 @@ scraping the given targets with the labels Kubernetes service discovery would at
 from __future__ import annotations
 
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import yaml
 
 from kafkatools import free_port
 from worker.dashboard.queries import Prometheus
+from worker.readiness import wait_until_ready
 
 SCRAPE_INTERVAL_S = 1.0
 
@@ -41,17 +40,10 @@ class PrometheusServer:
         self.api = Prometheus(self.url)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"prometheus exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.2)
+        if wait_until_ready(f"{self.url}/-/ready", timeout, gave_up=lambda: self.proc.poll() is not None):
+            return
+        if self.proc.poll() is not None:
+            raise AssertionError(f"prometheus exited with {self.proc.returncode}:\n{self.log_tail()}")
         raise AssertionError(f"prometheus not ready in {timeout}s:\n{self.log_tail()}")
 
     def targets_up(self) -> int:

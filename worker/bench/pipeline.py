@@ -197,29 +197,19 @@ def latency_run(bootstrap: str, model: Path, texts: list[str], rate: float, seco
     """Produce at `rate` msg/s for `seconds`; latency = output LogAppendTime - input CreateTime."""
     if int(rate * seconds) < 1:
         raise ValueError(f"latency mode: {rate:.2f} msg/s for {seconds} s sends no message to measure")
-    import socket
-    import urllib.request
-
     from confluent_kafka import Consumer, Producer
+
+    from worker.readiness import wait_until_ready
 
     topics = make_topics(bootstrap, 4, log_append_output=True)
     env = worker_env(bootstrap, model, topics, "json", max_messages, max_wait_ms)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env.update(EMBED_METRICS__PORT=str(port), EMBED_METRICS__HOST="127.0.0.1",
                EMBED_METRICS__STATISTICS_INTERVAL_MS="1000")
     proc = subprocess.Popen([sys.executable, "-m", "worker", "run"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline:  # model loaded and group joined before the clock starts
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        time.sleep(0.2)
+    # Model loaded and group joined before the clock starts (not ready in 60 s: measured all the same).
+    wait_until_ready(f"http://127.0.0.1:{port}/readyz", 60)
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1, "enable.idempotence": True})
     stamps: dict[tuple[int, int], int] = {}
     warmup = int(rate * 2)  # the first 2 s warm the caches and are not measured

@@ -5,6 +5,7 @@ against one process's. Kept apart from the throughput runs that use them.
 
 from __future__ import annotations
 
+import math
 import socket
 import subprocess
 import time
@@ -18,18 +19,13 @@ def free_port() -> int:
 
 
 def wait_ready(port: int, t0: float, proc: subprocess.Popen[bytes], out: dict[str, float]) -> None:
-    """Poll /readyz from the worker's start until it answers 200; out["startup_s"] = seconds since t0."""
-    import urllib.request
+    """Poll /readyz from the worker's start until it answers 200; out["startup_s"] = seconds since t0. No
+    deadline (the run has its own) and a long request timeout: a busy process answers slowly."""
+    from worker.readiness import wait_until_ready
 
-    while proc.poll() is None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as r:
-                if r.status == 200:
-                    out["startup_s"] = time.perf_counter() - t0
-                    return
-        except Exception:  # not listening yet, 503, a busy process's slow answer: ask again
-            pass
-        time.sleep(0.05)
+    if wait_until_ready(f"http://127.0.0.1:{port}/readyz", math.inf, request_timeout=10, interval=0.05,
+                        gave_up=lambda: proc.poll() is not None):
+        out["startup_s"] = time.perf_counter() - t0
 
 
 def memory_now(pids: list[int]) -> tuple[list[float], list[float]]:
