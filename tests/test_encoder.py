@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import numpy as np
@@ -13,6 +14,9 @@ from worker.encoder import Encoder
 from worker.model import load_model
 
 KINDS = ["bpe", "unigram", "wordpiece"]
+# scipy's sparse product, and the compiled kernel (numba; `fast` extra) where it is installed
+POOLING = ["sparse", pytest.param("compiled", marks=pytest.mark.skipif(
+    importlib.util.find_spec("numba") is None, reason="numba not installed (pip install embedstream[fast])"))]
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -44,10 +48,11 @@ def reference(folder, texts, **kw):
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("normalize", [True, False])
 @pytest.mark.parametrize("variant", ["plain", "weights", "mapping", "weights+mapping"])
-def test_parity_float32(model_factory, kind, normalize, variant):
+@pytest.mark.parametrize("pooling", POOLING)
+def test_parity_float32(model_factory, kind, normalize, variant, pooling):
     folder = model_factory(kind, normalize=normalize, weights="weights" in variant, mapping="mapping" in variant)
     expected, _ = reference(folder, TEXTS)
-    enc = Encoder(load_model(folder))
+    enc = Encoder(load_model(folder), pooling=pooling)
     got = enc.encode(TEXTS)
     assert got.dtype == np.float32 and got.shape == expected.shape
     assert np.isfinite(got).all()
@@ -75,12 +80,13 @@ def test_max_length_from_config(model_factory):
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", ["float16", "int8"])
 @pytest.mark.parametrize("variant", ["plain", "weights+mapping"])
-def test_parity_compact_tables(model_factory, kind, dtype, variant):
+@pytest.mark.parametrize("pooling", POOLING)
+def test_parity_compact_tables(model_factory, kind, dtype, variant, pooling):
     folder = model_factory(kind, dtype=dtype, weights="weights" in variant, mapping="mapping" in variant)
     expected, _ = reference(folder, TEXTS)
     model = load_model(folder)
     assert model.dtype == dtype  # loaded as stored, not converted
-    got = Encoder(model).encode(TEXTS)
+    got = Encoder(model, pooling=pooling).encode(TEXTS)
     assert got.dtype == np.float32
     # model2vec returns float16 for float16 tables: compare at float16 resolution.
     tol = 2e-3 if dtype == "float16" else 1e-6

@@ -52,7 +52,7 @@ def open_encoder(ms: ModelSettings) -> tuple[Encoder, str]:
                              f"(EMBED_MODEL__FAST_PATH_CHECK_FILE): {e}") from None
     encoder = Encoder(model, max_length=ms.max_length, normalize=ms.normalize, fast_path=ms.fast_path,
                       fast_path_cache_mb=ms.fast_path_cache_mb, fast_path_check_texts=check_texts,
-                      tokenizer=ms.tokenizer)
+                      tokenizer=ms.tokenizer, pooling=ms.pooling)
     return encoder, model.name
 
 
@@ -107,6 +107,8 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *, inst
         log.info("reference tokenizer released", extra={"model": name, "library": encoder.backend.name})
     if install_signals and threading.current_thread() is threading.main_thread():
         install_signal_handlers(pipeline)
+    # in this process (never in a supervisor about to fork): a thread must not be compiling across a fork
+    encoder.pooler.compile_later()
     return pipeline, metrics, health
 
 

@@ -5,8 +5,9 @@ Contract: `Encoder.encode(texts)` equals `model2vec.StaticModel.encode(texts)` o
 to `max_length`, unknown-token removal, token `weights`/`mapping`, and `normalize`. Output is always
 float32 [n, dim]; a text with no tokens is a zero vector.
 
-Pooling is one sparse (texts x rows) matrix times the table: each token adds its row (times its weight)
-to its text's row in scipy's CSR kernel, without a Python loop; one division by the counts makes the mean.
+Pooling (`worker.pooling`) adds each text's token rows (times their weights) in one compiled pass over the ids,
+or, until that kernel is compiled or where numba is missing, in scipy's CSR product with bit-identical results;
+one division by the counts makes the mean.
 
 The fast path (`worker.fastpath`) skips most tokenization: it tokenizes every distinct space-separated piece
 of text once and caches its token ids; the ids of a batch are then gathered from the cache and pooled by `pool`
@@ -25,11 +26,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-import scipy.sparse as sp
 from tokenizers import Tokenizer
 
 from worker.fastpath import FastPath, FastPathUnsupported, Verification, analyze, check_corpus, light_spec, verify
 from worker.model import Model
+from worker.pooling import Pooler
 from worker.tokenizers_fast import Backend, TokenizersBackend, cut_ids, select
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ class Encoder:
         fast_path_cache_mb: float = 256,
         fast_path_check_texts: Sequence[str] | None = None,
         tokenizer: str = "auto",
+        pooling: str = "auto",
     ) -> None:
         self.model = model
         cfg_max = model.config.get("max_length", DEFAULT_MAX_LENGTH)
@@ -114,12 +116,10 @@ class Encoder:
                                      "reason": self.tokenizer_selection.reason,
                                      "seconds": round(self.tokenizer_selection.seconds, 3)})
 
-        self._table = model.table
-        # CSR can multiply the mapped table in place (a column slice, from `dimensions`, is gathered instead)
-        self._direct = model.table.dtype == np.float32 and model.table.flags.c_contiguous
-        self._weights = None if model.weights is None else np.asarray(model.weights, dtype=np.float32)
-        self._mapping = model.mapping
-        self._where = np.zeros(0 if self._direct else model.table.shape[0], dtype=np.int64)  # scratch, per row
+        weights = None if model.weights is None else np.asarray(model.weights, dtype=np.float32)
+        self.pooler = Pooler(model.table, weights, model.mapping, pooling)
+        if pooling == "compiled":
+            self.pooler.compile_now()
 
         self._fast: FastPath | None = None
         self.fast_path_verification: Verification | None = None
@@ -244,37 +244,10 @@ class Encoder:
         return cut_ids(flat, counts, self.max_length, self.unk_id)
 
     def pool(self, flat: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        """Mean (weighted if the model has weights) of each text's token rows; float32 [n, dim]."""
-        n = counts.shape[0]
-        if flat.size == 0:
-            return np.zeros((n, self.dim), dtype=np.float32)
-        indptr = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(counts, out=indptr[1:])
-        # Sum first, divide once: the same order of float32 operations as model2vec's mean.
-        data = np.ones(flat.size, dtype=np.float32) if self._weights is None else self._weights[flat]
-        rows = flat if self._mapping is None else self._mapping[flat]
-        if self._direct:
-            m = sp.csr_matrix((data, rows, indptr), shape=(n, self._table.shape[0]))
-            out = m @ self._table
-        else:
-            # float16/int8 (or a column slice): convert each distinct row of the batch once, not every token's
-            distinct, columns = self._distinct(rows)
-            gathered = self._table[distinct].astype(np.float32)
-            m = sp.csr_matrix((data, columns, indptr), shape=(n, distinct.size))
-            out = m @ gathered
-        out = np.ascontiguousarray(out, dtype=np.float32)
-        out /= np.maximum(counts, 1).astype(np.float32)[:, None]
-        return out
-
-    def _distinct(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The distinct rows of a batch (ascending) and each token's position among them."""
-        if rows.size * 8 < self._table.shape[0]:  # few tokens: sorting them beats a pass over the vocabulary
-            return np.unique(rows, return_inverse=True)
-        seen = np.bincount(rows, minlength=self._table.shape[0])
-        distinct = np.flatnonzero(seen)
-        where = self._where
-        where[distinct] = np.arange(distinct.size, dtype=np.int64)
-        return distinct, where[rows]
+        """Mean (weighted if the model has weights) of each text's token rows; float32 [n, dim]: the compiled
+        kernel once `pooler.compile_later()` (the worker, after start-up) or `compile_now()` has made it ready,
+        the sparse product, with bit-identical results, until then (and with `pooling="sparse"`)."""
+        return self.pooler.means(flat, counts)
 
     def encode_batch(self, texts: Sequence[str]) -> Encoded:
         """Encode a micro-batch; also returns the pooled token count of each text (for metrics)."""

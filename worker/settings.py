@@ -13,7 +13,15 @@ import json
 from enum import Enum, StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError as SourceError
 
@@ -131,6 +139,11 @@ class ModelSettings(BaseModel):
     fast_path_check_file: str | None = Field(
         None, description="Extra self-check corpus (one text per line) the fast path must reproduce exactly."
     )
+    pooling: Literal["auto", "compiled", "sparse"] = Field(
+        "auto", description="Summing token rows: auto = a compiled kernel (numba, pip install embedstream[fast]), "
+        "compiled on a background thread after start-up, scipy's sparse product until then or without numba; "
+        "compiled = compile before ready (fails without numba); sparse = scipy only. Same vectors, bit for bit."
+    )
 
     @field_validator("max_length", "expected_dim", "dimensions", mode="before")
     @classmethod
@@ -221,6 +234,14 @@ class ChunkingSettings(BaseModel):
     document_vector: bool = Field(
         False, description="Also publish the document vector: chunk vectors averaged by token count."
     )
+
+    @field_validator("overlap")
+    @classmethod
+    def _overlap_below_size(cls, value: int, info: ValidationInfo) -> int:
+        size = info.data.get("size")
+        if size is not None and value >= size:  # chunks would advance by one word: a chunk per word
+            raise ValueError(f"must be less than the chunk size ({size})")
+        return value
 
 
 class BatchSettings(BaseModel):
