@@ -8,6 +8,7 @@ dead-letter topic lives here, with its reason from a small fixed set (also the m
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -128,8 +129,31 @@ class InputDecoder:
             raise BadInput(Reason.NON_STRING_TEXT, f"field '{self.text_field}' is {type(text).__name__}, not a string")
         ident = doc.get(self.id_field)
         if isinstance(ident, dict | list):
-            ident = orjson.dumps(ident).decode()
+            ident = self._json_text(ident, f"field '{self.id_field}'")
+        elif isinstance(ident, float):
+            ident = _exact_id(value, self.id_field, ident)
+        if self.keep_fields:
+            self._json_text({k: doc[k] for k in self.keep_fields if k in doc}, "the fields kept for the payload")
         return ident, text, doc
+
+    @staticmethod
+    def _json_text(value: Any, what: str) -> str:
+        """orjson reads 1,024 levels of nesting but writes only 254: what it could not write back would stop
+        the worker at the output (TypeError), at every restart (tests/test_fuzz_decoder.py)."""
+        try:
+            return orjson.dumps(value).decode()
+        except orjson.JSONEncodeError as e:
+            raise BadInput(Reason.INVALID_JSON, f"{what} cannot be written back as JSON ({e})") from None
+
+
+def _exact_id(value: bytes, id_field: str, parsed: float) -> Any:
+    """An integer id beyond 64 bits, which orjson reads as a float (2**64 + 1 and 2**64 both as 1.8446744073709552e19,
+    so two documents would share an id), kept as its digits; other float ids as they are."""
+    try:
+        exact = json.loads(value).get(id_field)
+    except (ValueError, RecursionError):  # nested too deep for the stdlib parser: the float is all there is
+        return parsed
+    return str(exact) if isinstance(exact, int) and not isinstance(exact, bool) else parsed
 
 
 @dataclass
