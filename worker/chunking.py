@@ -116,6 +116,8 @@ class Chunker:
             return []
         if len(offsets) <= size:
             one = _strip(text, offsets[0][0], offsets[-1][1])
+            if one.start == one.end:  # whitespace tokens only
+                return []
             return [(one, len(offsets))] if with_counts else [one]
         spans: list[Any] = []
         i = 0
@@ -124,7 +126,8 @@ class Chunker:
             if cut < len(offsets):
                 cut = self._word_start_cut(text, offsets, i, cut)
             span = _strip(text, offsets[i][0], offsets[cut - 1][1])
-            spans.append((span, cut - i) if with_counts else span)
+            if span.start < span.end:  # a window of whitespace tokens only (a text's trailing newlines) is no chunk
+                spans.append((span, cut - i) if with_counts else span)
             if cut >= len(offsets):
                 break
             i = max(cut - overlap, i + 1)
