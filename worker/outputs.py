@@ -36,6 +36,24 @@ class OutputAssembler:
         self.max_record = max_record  # what one record may weigh (the producer's message.max.bytes less framing)
         self._cache_seen = (0, 0)
 
+    def finite(self, records: list[OutputRecord], vectors: np.ndarray, bad: list[tuple[int, str, str]]
+               ) -> tuple[list[OutputRecord], np.ndarray]:
+        """The records whose vectors are finite in the output's element type. NaN or ±Inf (a corrupt table, or a
+        sum past float32's range) has no JSON number (orjson writes null) nor any use downstream: such an input
+        is dead-lettered instead (encode_error), with its other records (chunks, document vector)."""
+        if not records:
+            return records, vectors
+        with np.errstate(over="ignore"):  # float16: what it cannot hold becomes inf
+            ok = np.isfinite(vectors if self.outputs.binary != "float16" else vectors.astype(np.float16)).all(axis=1)
+        if ok.all():
+            return records, vectors
+        broken = {records[k].source for k in np.flatnonzero(~ok).tolist()}
+        bad.extend((i, Reason.ENCODE_ERROR, "the model gave a vector that is not finite (NaN or infinite values"
+                    + (" in float16" if self.outputs.binary == "float16" else "") + "): is its table corrupt?")
+                   for i in sorted(broken))
+        keep = [k for k, r in enumerate(records) if r.source not in broken]
+        return [records[k] for k in keep], vectors[keep]
+
     def values(self, records: list[OutputRecord], vectors: np.ndarray) -> list[bytes]:
         """The output values, in the configured format."""
         return self.outputs.values(records, vectors) if records else []

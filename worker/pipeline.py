@@ -335,6 +335,7 @@ class Pipeline:
         if dec.texts:
             try:
                 records, vectors = self.assembler.embed(dec)
+                records, vectors = self.assembler.finite(records, vectors, bad)
             except Exception as e:  # one bad text must not stop the stream: dead-letter the batch's texts
                 log.exception("encoder failed on a batch; dead-lettering its texts")
                 bad.extend((i, Reason.ENCODE_ERROR, f"{type(e).__name__}: {e}"[:500]) for i in dec.good)
