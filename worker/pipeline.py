@@ -260,6 +260,10 @@ class Pipeline:
                 self.metrics.in_flight.set(in_flight)
                 self.metrics.last_progress.set(time.time())
                 self.health.step(has_work=bool(msgs) or in_flight > 0 or self.lag_total > 0)
+        except KafkaException as e:  # not a settings error (those come from the clients' constructors): a
+            # restart (the supervisor's or Kubernetes') resumes from the last commit
+            log.error("Kafka call failed in the loop; stopping so that a restart resumes", extra={"error": str(e)})
+            self.exit_code = EXIT_FATAL
         finally:
             self._shutdown()
         return self.exit_code
