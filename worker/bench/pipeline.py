@@ -113,7 +113,7 @@ def throughput_run(bootstrap: str, model: Path, texts: list[str], partitions: in
     startup: dict[str, float] = {}
     threading.Thread(target=wait_ready, args=(ready_port, t0, proc, startup), daemon=True).start()
     first_at = cpu_at_first = None
-    split_at_first: tuple[dict[str, float], tuple[float, float, float]] | None = None
+    split_at_first: tuple[dict[str, float], dict[int, tuple[str, float]]] | None = None
     done = done_at_first = 0
     deadline = time.time() + max(300.0, n / 200)
     reader = None
@@ -144,8 +144,8 @@ def throughput_run(bootstrap: str, model: Path, texts: list[str], partitions: in
     split = None
     if port and split_at_first is not None:
         (s0, cpu0), s1, cpu1 = split_at_first, stages.scrape_stages(port), stages.thread_cpu(proc.pid)
-        split = stages.split_per_message({k: v - s0.get(k, 0.0) for k, v in s1.items()}, cpu1[0] - cpu0[0],
-                                         cpu1[1] - cpu0[1], cpu1[2] - cpu0[2], max(1, n - done_at_first))
+        split = stages.split_per_message({k: v - s0.get(k, 0.0) for k, v in s1.items()},
+                                         *stages.cpu_between(cpu0, cpu1), max(1, n - done_at_first))
     progress(f"{label}: {done:,}/{n:,} outputs in {elapsed:.1f}s\n")
     sampler.stop_event.set()
     proc.send_signal(signal.SIGTERM)

@@ -42,14 +42,15 @@ def scrape_stages(port: int) -> dict[str, float]:
     return {stage: float(v) for stage, v in _SUM.findall(text)}
 
 
-def thread_cpu(pid: int) -> tuple[float, float, float]:
-    """CPU seconds of a process's main thread, of librdkafka's threads (named rdk:*), of its other threads
-    (the tokenizer's pool, the metrics server). Threads that have exited are not counted."""
-    main = rdk = other = 0.0
+def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """CPU seconds of each live thread of a process, by thread id, with its kind: `main` (the loop thread),
+    `rdk` (librdkafka's threads, named rdk:*) or `other` (the tokenizer's pool, the metrics server, the
+    pooling kernel's compiler)."""
+    out: dict[int, tuple[str, float]] = {}
     try:
         tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
-        return main, rdk, other
+        return out
     for task in tasks:
         try:
             stat = (task / "stat").read_text()
@@ -57,14 +58,21 @@ def thread_cpu(pid: int) -> tuple[float, float, float]:
             continue
         name = stat[stat.index("(") + 1:stat.rindex(")")]
         fields = stat.rsplit(")", 1)[1].split()
-        cpu = (int(fields[11]) + int(fields[12])) / CLK
-        if task.name == str(pid):
-            main += cpu
-        elif name.startswith("rdk:"):
-            rdk += cpu
-        else:
-            other += cpu
-    return main, rdk, other
+        kind = "main" if task.name == str(pid) else "rdk" if name.startswith("rdk:") else "other"
+        out[int(task.name)] = (kind, (int(fields[11]) + int(fields[12])) / CLK)
+    return out
+
+
+def cpu_between(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+                ) -> tuple[float, float, float]:
+    """CPU seconds of the main, librdkafka and other threads between two `thread_cpu` samples, thread by
+    thread: a thread that exited in between (the pooling compiler, a pool worker) drops out of both sides
+    instead of making a total negative (a clean-clone CI run saw a negative `other_threads`); its CPU after
+    the first sample is lost, an undercount bounded by that thread's life."""
+    sums = {"main": 0.0, "rdk": 0.0, "other": 0.0}
+    for tid, (kind, cpu) in after.items():
+        sums[kind] += cpu - before.get(tid, (kind, 0.0))[1]
+    return sums["main"], sums["rdk"], sums["other"]
 
 
 def wire_bytes_per_message(bootstrap: str, topic: str, n: int, timeout_s: float = 120.0) -> float:
