@@ -16,6 +16,18 @@ from modelfactory import build_model
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _prepared_verdicts_in_a_temporary_dir(tmp_path_factory: pytest.TempPathFactory):
+    """Tokenizer verdicts (worker.prepared) that tests store go to a session folder, never the user's cache: a
+    verdict left there by another run must not let a test skip the check it means to exercise."""
+    from worker import prepared
+
+    folder = tmp_path_factory.mktemp("prepared")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(prepared, "default_dir", lambda: folder)
+        yield folder
+
+
 @pytest.fixture(scope="session")
 def model_factory(tmp_path_factory: pytest.TempPathFactory):
     """build(kind, **options) -> folder; folders are cached per option set for the session."""

@@ -11,13 +11,15 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import confluent_kafka
 from prometheus_client import CollectorRegistry
 
+from worker import prepared
 from worker.encoder import Encoder
 from worker.metrics import Metrics, process_start_time
-from worker.model import load_model, resolve_model_path
+from worker.model import load_model, model_files, resolve_model_path
 from worker.pipeline import Pipeline, install_signal_handlers
 from worker.probes import Health, serve
 from worker.settings import ModelSettings, Settings
@@ -34,12 +36,14 @@ class Loaded:
     seconds: float
 
 
-def open_encoder(ms: ModelSettings) -> tuple[Encoder, str]:
-    """Resolve, load and check the configured model; (encoder, model name)."""
+def open_encoder(ms: ModelSettings, *, reuse_verdict: bool = True, into_folder: bool = False) -> tuple[Encoder, str]:
+    """Resolve, load and check the configured model; (encoder, model name).
+
+    The tokenizer check's verdict (worker.prepared) is reused where one is stored for exactly this tokenizer
+    file, library versions and settings (`reuse_verdict`), and stored after a full check: into the model folder
+    with `into_folder` (`embedstream model prepare`), else into the cache directory."""
     path = resolve_model_path(ms.path, ms.name)
     explicit_name = "name" in ms.model_fields_set or not ms.path
-    model = load_model(path, name=ms.name if explicit_name else None).with_dimensions(ms.dimensions)
-    model.check_dim(ms.expected_dim)
     check_texts = None
     if ms.fast_path_check_file:
         from worker.fastpath import read_check_file
@@ -50,9 +54,26 @@ def open_encoder(ms: ModelSettings) -> tuple[Encoder, str]:
         except (OSError, UnicodeDecodeError) as e:
             raise ModelError(f"{ms.fast_path_check_file}: cannot read the fast-path check file "
                              f"(EMBED_MODEL__FAST_PATH_CHECK_FILE): {e}") from None
+    files = model_files(path)
+    key = verdict = None
+    cache_dir = Path(ms.prepared_dir) if ms.prepared_dir else prepared.default_dir()
+    if ms.tokenizer != "tokenizers" and (ms.prepared or into_folder):  # "tokenizers": nothing to check
+        key = prepared.Key.of(files.tokenizer, choice=ms.tokenizer, max_length=ms.max_length,
+                              extra_texts=check_texts)
+        if reuse_verdict and ms.prepared:
+            verdict, source = prepared.find(files.folder, key, cache_dir)
+            log.info("tokenizer verdict " + ("reused" if verdict else "not reused: the full check runs"),
+                     extra={"source": source})
+    model = load_model(path, name=ms.name if explicit_name else None, verdict=verdict)
+    model = model.with_dimensions(ms.dimensions)
+    model.check_dim(ms.expected_dim)
     encoder = Encoder(model, max_length=ms.max_length, normalize=ms.normalize, fast_path=ms.fast_path,
                       fast_path_cache_mb=ms.fast_path_cache_mb, fast_path_check_texts=check_texts,
-                      tokenizer=ms.tokenizer, pooling=ms.pooling)
+                      tokenizer=ms.tokenizer, pooling=ms.pooling, verdict=verdict)
+    if key is not None and verdict is None:
+        where = prepared.save(encoder.found(key), files.folder, cache_dir, into_folder=into_folder)
+        if where:
+            log.info("tokenizer verdict stored", extra={"path": str(where), "library": encoder.backend.name})
     return encoder, model.name
 
 

@@ -31,7 +31,8 @@ from tokenizers import Tokenizer
 from worker.fastpath import FastPath, FastPathUnsupported, Verification, analyze, check_corpus, light_spec, verify
 from worker.model import Model
 from worker.pooling import Pooler
-from worker.tokenizers_fast import Backend, TokenizersBackend, cut_ids, select
+from worker.prepared import Key, Verdict
+from worker.tokenizers_fast import Backend, TokenizersBackend, cut_ids, reuse, select
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +66,11 @@ def unknown_token_id(tokenizer: Tokenizer, spec: dict[str, Any]) -> int | None:
     return None if unk is None else int(unk)
 
 
-def median_token_length(tokenizer: Tokenizer, spec: dict[str, Any]) -> int:
+def median_token_length(tokenizer: Tokenizer | None, spec: dict[str, Any]) -> int:
     """The median length of the vocabulary's tokens (added tokens included), as model2vec computes it."""
     known = spec.get("median_token_length")
-    if isinstance(known, int):
-        return known
+    if isinstance(known, int) or tokenizer is None:
+        return int(known or 1)
     vocab = tokenizer.get_vocab(with_added_tokens=True)
     return int(np.median([len(t) for t in vocab])) if vocab else 1
 
@@ -88,6 +89,7 @@ class Encoder:
         fast_path_check_texts: Sequence[str] | None = None,
         tokenizer: str = "auto",
         pooling: str = "auto",
+        verdict: Verdict | None = None,
     ) -> None:
         self.model = model
         cfg_max = model.config.get("max_length", DEFAULT_MAX_LENGTH)
@@ -96,21 +98,30 @@ class Encoder:
         self.dim = model.dim
 
         # One tokenizer, the model's own, never copied (a 262k-token tokenizer takes seconds to copy): no
-        # truncation or padding; the ids are cut to max_length here, the same way for every backend.
-        tok = model.tokenizer
-        tok.no_truncation()
-        tok.no_padding()
+        # truncation or padding; the ids are cut to max_length here, the same way for every backend. With a
+        # stored verdict (worker.prepared) it is not even loaded: what the encoder needs of it comes from there.
         spec = tokenizer_spec(model)
         self.spec = spec
-        self.unk_id = unknown_token_id(tok, spec)
+        self.verdict = verdict
+        if verdict is None:
+            tok = model.tokenizer
+            tok.no_truncation()
+            tok.no_padding()
+            self.unk_id = unknown_token_id(tok, spec)
+            self.median_token_length = median_token_length(tok, spec)
+        else:
+            self.unk_id = verdict.unk_id
+            self.median_token_length = median_token_length(None, spec)
 
         # model2vec cuts each text to max_length * median token length characters before tokenizing.
-        self.median_token_length = median_token_length(tok, spec)
         self.char_limit = None if self.max_length is None else self.max_length * self.median_token_length
-        check = check_corpus(tok) + list(fast_path_check_texts or [])
-        self._check_texts = check
-        self.tokenizer_selection = select(tok, model.tokenizer_file if model.tokenizer_file.is_file() else None,
-                                          tokenizer, self._cut(check))
+        self._extra_check_texts = list(fast_path_check_texts or [])
+        self._check: list[str] | None = None
+        tok_file = model.tokenizer_file if model.tokenizer_file.is_file() else None
+        if verdict is None:
+            self.tokenizer_selection = select(model.tokenizer, tok_file, tokenizer, self._cut(self._check_texts))
+        else:
+            self.tokenizer_selection = reuse(verdict.library, verdict.reason, tok_file, lambda: model.tokenizer)
         self.backend: Backend = self.tokenizer_selection.backend
         log.info("tokenizer library", extra={"model": model.name, "library": self.backend.name,
                                      "reason": self.tokenizer_selection.reason,
@@ -169,6 +180,18 @@ class Encoder:
         else:
             self._fast_status = f"off: {result.reason}"
             log.warning("fast path off: self-check failed", extra=info | {"reason": result.reason})
+
+    @property
+    def _check_texts(self) -> list[str]:
+        """The self-check corpus (built-in + the user's), built on first use: it reads the reference's vocabulary."""
+        if self._check is None:
+            self._check = check_corpus(self.tokenizer) + self._extra_check_texts
+        return self._check
+
+    def found(self, key: Key) -> Verdict:
+        """What this encoder's load-time check found, as a verdict to store under `key`."""
+        return Verdict(key=key, library=self.backend.name, reason=self.tokenizer_selection.reason,
+                       vocab_size=self.model.vocab_size, unk_id=self.unk_id, spec=self.spec)
 
     @property
     def tokenizer(self) -> Tokenizer:

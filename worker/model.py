@@ -16,13 +16,16 @@ import struct
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
 from tokenizers import Tokenizer
 
 from worker.fastpath import light_spec
+
+if TYPE_CHECKING:
+    from worker.prepared import Verdict
 
 log = logging.getLogger(__name__)
 
@@ -205,8 +208,18 @@ def _model_folder(path: Path) -> Path:
     return path
 
 
-def load_model(path: str | os.PathLike[str], name: str | None = None) -> Model:
-    """Load and validate a Model2Vec folder (model.safetensors, tokenizer.json, config.json)."""
+@dataclass(frozen=True)
+class ModelFiles:
+    """Where a Model2Vec folder's three files are (the sentence-transformers layout included)."""
+
+    folder: Path
+    table: Path
+    tokenizer: Path
+    config: Path
+
+
+def model_files(path: str | os.PathLike[str]) -> ModelFiles:
+    """The files of a Model2Vec folder, each checked to exist."""
     folder = _model_folder(Path(path))
     table_file = folder / MODEL_FILE
     tok_file = folder / TOKENIZER_FILE
@@ -219,8 +232,11 @@ def load_model(path: str | os.PathLike[str], name: str | None = None) -> Model:
         if not f.exists():
             raise ModelError(f"{f}: file not found (a Model2Vec folder holds {MODEL_FILE}, {TOKENIZER_FILE}, "
                              f"{CONFIG_FILE})")
+    return ModelFiles(folder, table_file, tok_file, cfg_file)
 
-    config = _read_json(cfg_file)
+
+def _load_tokenizer(tok_file: Path) -> tuple[Tokenizer, dict[str, Any]]:
+    """The reference tokenizer and its light spec, from one read of the file."""
     raw = tok_file.read_bytes()  # read once: parsed here for a clear error and the spec, then by tokenizers
     spec = _read_json(tok_file, raw)  # a clear JSON error beats the tokenizer library's
     try:
@@ -228,7 +244,24 @@ def load_model(path: str | os.PathLike[str], name: str | None = None) -> Model:
     except Exception as e:  # the tokenizers library raises plain Exception subclasses
         raise ModelError(f"{tok_file}: not a Hugging Face tokenizer ({e})") from None
     del raw
-    spec = light_spec(spec)  # the 33 MB of a large vocabulary stay in the tokenizer only
+    return tokenizer, light_spec(spec)  # the 33 MB of a large vocabulary stay in the tokenizer only
+
+
+def load_model(path: str | os.PathLike[str], name: str | None = None, *, verdict: Verdict | None = None) -> Model:
+    """Load and validate a Model2Vec folder (model.safetensors, tokenizer.json, config.json).
+
+    With a `verdict` (worker.prepared: a stored result of the tokenizer check for exactly this tokenizer file)
+    the reference tokenizer is not loaded: its spec and vocabulary size come from the verdict, and it is loaded
+    from its file only if something asks for it."""
+    files = model_files(path)
+    table_file, tok_file = files.table, files.tokenizer
+    config = _read_json(files.config)
+    tokenizer: Tokenizer | None = None
+    if verdict is None:
+        tokenizer, spec = _load_tokenizer(tok_file)
+        vocab = tokenizer.get_vocab_size(with_added_tokens=True)
+    else:
+        spec, vocab = verdict.spec, verdict.vocab_size
 
     data_start, index = read_safetensors_index(table_file)
     emb_name = "embeddings" if "embeddings" in index else "embedding.weight" if "embedding.weight" in index else None
@@ -242,7 +275,6 @@ def load_model(path: str | os.PathLike[str], name: str | None = None) -> Model:
     if table.dtype not in (np.float32, np.float16, np.int8, np.float64):
         raise ModelError(f"{table_file}: embedding dtype {table.dtype} is not float32, float16, int8 or float64")
 
-    vocab = tokenizer.get_vocab_size(with_added_tokens=True)
     weights = mapping = None
     if "weights" in index:
         weights = np.asarray(map_tensor(table_file, data_start, "weights", index["weights"]))

@@ -139,6 +139,15 @@ class ModelSettings(BaseModel):
     fast_path_check_file: str | None = Field(
         None, description="Extra self-check corpus (one text per line) the fast path must reproduce exactly."
     )
+    prepared: bool = Field(
+        True, description="Reuse a stored verdict of the load-time tokenizer check (embedstream model prepare, or "
+        "the previous start's) made for exactly this tokenizer file, library versions and settings: the reference "
+        "tokenizer is then not loaded. false = check at every start."
+    )
+    prepared_dir: str | None = Field(
+        None, description="Where verdicts are stored when the model folder holds none or is read-only "
+        "(default ~/.cache/embedstream/prepared)."
+    )
     pooling: Literal["auto", "compiled", "sparse"] = Field(
         "auto", description="Summing token rows: auto = a compiled kernel (numba, pip install embedstream[fast]), "
         "compiled on a background thread after start-up, scipy's sparse product until then or without numba; "

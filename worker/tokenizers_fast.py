@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -162,6 +162,18 @@ def select(tokenizer: Tokenizer, tokenizer_file: Path | None, choice: str, check
                              time.perf_counter() - t0)
         notes.append(f"{name}: differs from tokenizers ({differs})")
     return Selection(reference, "; ".join(notes) or "reference", time.perf_counter() - t0)
+
+
+def reuse(library: str, reason: str, tokenizer_file: Path | None, reference: Callable[[], Tokenizer]) -> Selection:
+    """The backend a stored verdict (worker.prepared) names, without checking it again: the verdict is valid only
+    for this very tokenizer file, these library versions and this check. `reference` loads `tokenizers`' tokenizer
+    where the verdict kept the reference."""
+    t0 = time.perf_counter()
+    if library == "tokenizers" or tokenizer_file is None:
+        backend: Backend = TokenizersBackend(reference())
+    else:
+        backend = _FAST[library](tokenizer_file)
+    return Selection(backend, f"{reason} (stored verdict)", time.perf_counter() - t0)
 
 
 def cut_ids(flat: np.ndarray, counts: np.ndarray, max_length: int | None,
