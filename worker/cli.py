@@ -80,6 +80,23 @@ def _cmd_produce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_model_prepare(args: argparse.Namespace) -> int:
+    """Run the load-time checks once and store their verdict next to the model, so that workers start without
+    them (worker.prepared); also compile the pooling kernel into numba's cache where it can write one."""
+    import time
+
+    from worker.app import open_encoder
+    from worker.settings import load_settings
+
+    t0 = time.perf_counter()
+    ms = load_settings().model.model_copy(update={"path": args.dir})
+    encoder, name = open_encoder(ms, reuse_verdict=False, into_folder=True)
+    compiled = encoder.pooler.compile_now() if encoder.pooler.wants_compiled else 0.0
+    print(f"model prepare: {name}: tokenizer {encoder.tokenizer_description}; fast path {encoder.fast_path_status}; "
+          f"pooling {encoder.pooler.status} ({compiled:.1f} s); {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from worker.bench import main as bench_main
 
@@ -123,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--rate", type=float, default=0.0, help="messages per second (0 = as fast as possible)")
     pr.add_argument("--seed", type=int, default=0)
     pr.set_defaults(func=_cmd_produce)
+
+    m = sub.add_parser("model", help="model folder tools")
+    msub = m.add_subparsers(dest="model_command", required=True)
+    mp = msub.add_parser("prepare", help="check the tokenizer once and store the verdict in the folder (or the "
+                         "cache directory if read-only), so workers start without loading the reference tokenizer")
+    mp.add_argument("dir", help="the Model2Vec folder (EMBED_MODEL__* settings apply, as in run)")
+    mp.set_defaults(func=_cmd_model_prepare)
 
     b = sub.add_parser("bench", help="benchmarks: encoder, pipeline")
     from worker.bench import add_arguments
