@@ -109,7 +109,8 @@ def test_background_compile_serves_sparse_until_ready():
 
 
 def test_without_numba(monkeypatch):
-    monkeypatch.setattr(pooling, "compiled_available", lambda: "numba is not installed (pip install embedstream[fast])")
+    why = "numba is not installed (pip install embedstream[fast])"
+    monkeypatch.setattr(pooling, "compiled_available", lambda **_: why)
     p = Pooler(table("float32"), None, None)
     assert p.status == "sparse" and not p.wants_compiled
     p.compile_later()
