@@ -104,9 +104,9 @@ def load_encoder(ms: ModelSettings) -> Loaded:
 
 
 def build(settings: Settings, registry: CollectorRegistry | None = None, *, install_signals: bool = True,
-          loaded: Loaded | None = None) -> tuple[Pipeline, Metrics, Health]:
+          loaded: Loaded | None = None, phases: dict[str, float] | None = None) -> tuple[Pipeline, Metrics, Health]:
     """Everything one process needs, started except the loop itself. `loaded`: an encoder built already
-    (by the supervisor, before it forked this process)."""
+    (by the supervisor, before it forked this process). `phases` gets the model load's seconds."""
     registry = registry or CollectorRegistry()
     metrics = Metrics(registry, process_collectors=True)
     metrics.set_build(librdkafka=confluent_kafka.libversion()[0], confluent_kafka=confluent_kafka.version()[0])
@@ -115,7 +115,10 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *, inst
     metrics.ready.set_function(lambda: 1.0 if health.ready()[0] else 0.0)
     if settings.metrics.enabled:
         serve(registry, health, settings.metrics.host, settings.metrics.port)
-    loaded = loaded or load_encoder(settings.model)
+    if loaded is None:
+        loaded = load_encoder(settings.model)
+        if phases is not None:
+            phases["load_seconds"] = loaded.seconds
     encoder, name = loaded.encoder, loaded.name
     health.model_loaded = True
     m = encoder.model
@@ -133,13 +136,19 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *, inst
     return pipeline, metrics, health
 
 
-def watch_startup(metrics: Metrics, health: Health, started_at: float, stop: threading.Event) -> None:
-    """Set the start-up gauge and log it the first time the process is ready."""
+def watch_startup(metrics: Metrics, health: Health, started_at: float, stop: threading.Event,
+                  phases: dict[str, float] | None = None) -> None:
+    """Set the start-up gauge and log it the first time the process is ready, with where the time went:
+    `phases` holds the seconds before the model load (interpreter, imports, settings) and of the load itself;
+    the rest is Kafka (connect, join the group, get partitions)."""
     while not stop.wait(0.05):
         if health.ready()[0]:
             seconds = time.time() - started_at
             metrics.startup_seconds.set(seconds)
-            log.info("ready", extra={"startup_seconds": round(seconds, 3)})
+            parts = {k: round(v, 3) for k, v in (phases or {}).items()}
+            if parts:
+                parts["kafka_seconds"] = round(seconds - sum((phases or {}).values()), 3)
+            log.info("ready", extra={"startup_seconds": round(seconds, 3), **parts})
             return
 
 
@@ -147,7 +156,9 @@ def run(settings: Settings, *, loaded: Loaded | None = None, started_at: float |
     """Run one worker process. `loaded`: an encoder built already, by the supervisor that forked this process;
     `started_at` (Unix time): when its start-up began (this process's start unless given)."""
     started_at = process_start_time() if started_at is None else started_at
-    pipeline, metrics, health = build(settings, loaded=loaded)
+    # where the start-up goes (a supervisor's child was handed its encoder: its load is the parent's)
+    phases = {"before_load_seconds": time.time() - started_at} if loaded is None else {}
+    pipeline, metrics, health = build(settings, loaded=loaded, phases=phases)
     stop = threading.Event()
 
     def refresh_memory() -> None:
@@ -156,7 +167,7 @@ def run(settings: Settings, *, loaded: Loaded | None = None, started_at: float |
             metrics.update_memory()
 
     threading.Thread(target=refresh_memory, name="memory", daemon=True).start()
-    threading.Thread(target=watch_startup, args=(metrics, health, started_at, stop), name="startup",
+    threading.Thread(target=watch_startup, args=(metrics, health, started_at, stop, phases), name="startup",
                      daemon=True).start()
     try:
         if loaded is None:
