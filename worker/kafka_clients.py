@@ -30,6 +30,8 @@ def consumer_config(s: Settings, on_stats: Callable[[str], None], on_error: Call
         "enable.auto.commit": False,  # we commit stored offsets ourselves: async per interval, sync on revoke
         "enable.auto.offset.store": False,
         "session.timeout.ms": k.session_timeout_ms,
+        # librdkafka's 3 s default made a second process wait ~3 s for its partitions (docs/benchmarks.md)
+        "heartbeat.interval.ms": min(k.heartbeat_interval_ms, k.session_timeout_ms // 3),
         "queued.max.messages.kbytes": s.batch.max_prefetch_kbytes,
         "fetch.max.bytes": max(s.input.max_bytes * 2, 52428800),
         "max.partition.fetch.bytes": max(s.input.max_bytes + 4096, 1048576),

@@ -84,6 +84,10 @@ class KafkaSettings(BaseModel):
         "rebalance or crash re-reads (this plus the batches in flight), also while commits fail. 0 = no bound."
     )
     session_timeout_ms: int = Field(45000, ge=1000)
+    heartbeat_interval_ms: int = Field(
+        1000, ge=100, description="How often a member heartbeats, and so how late it learns of a rebalance: a "
+        "worker that joins (a new replica, a restart) waits up to this for the others to give up partitions."
+    )
     client_id: str = Field("embedstream", description="client.id prefix seen in broker logs.")
     config: dict[str, SecretStr] = Field(
         default_factory=dict,
