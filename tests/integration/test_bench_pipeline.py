@@ -37,3 +37,23 @@ def test_bench_pipeline_runs_end_to_end_and_reports_every_figure(bootstrap, smal
     printed = capsys.readouterr().out
     assert "overhead ratio" in printed and "naive baseline" in printed and "p99 ms" in printed
     assert "| callbacks |" in printed and "wire bytes" in printed
+
+
+def test_bench_startup_times_both_modes_and_reads_the_phases(bootstrap, small_model, tmp_path, capsys):
+    from worker.bench import startup
+
+    p = argparse.ArgumentParser()
+    startup.add_arguments(p)
+    out = tmp_path / "startup.json"
+    args = p.parse_args(["--bootstrap", bootstrap, "--model", str(small_model), "--processes", "1",
+                         "--repeat", "1", "--json", str(out)])
+    assert startup.main(args) == 0
+    r = {x["mode"]: x["runs"] for x in json.loads(out.read_text())}
+    assert set(r) == {"verdict", "check"}
+    for mode, runs in r.items():
+        (run,) = runs
+        assert run.get("verdict_reused", False) is (mode == "verdict"), run
+        assert 0 < run["ready_s"] and run["startup_seconds"] > 0
+        assert run["before_load_seconds"] > 0 and run["load_seconds"] > 0 and "kafka_seconds" in run
+    assert not (small_model / "embedstream-prepared.json").exists(), "verdicts stay in the bench's own folder"
+    assert "ready median" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""Benchmarks: `embedstream bench encoder` and `embedstream bench pipeline`."""
+"""Benchmarks: `embedstream bench encoder`, `bench pipeline` and `bench startup`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import importlib
 
 BENCHES = {
     "encoder": "encoder vs model2vec.StaticModel.encode: texts/s and tokens/s, one core and all cores",
+    "startup": "process start to /readyz 200 with the tokenizer verdict stored and without (the full check)",
     "pipeline": "end to end through a real broker: msg/s, CPU per message vs the encoder alone, memory, latency",
 }
 
