@@ -97,10 +97,24 @@ FROM runtime AS final-none
 FROM runtime AS final-local
 COPY --from=model-local --chown=0:0 /model /opt/embedstream/model
 ENV EMBED_MODEL__PATH=/opt/embedstream/model
+# The tokenizer check runs here once (embedstream model prepare: its verdict is stored next to the model, so
+# each start skips loading the reference tokenizer; worker.prepared). As root: the model folder is root's.
+# The pooling kernel it compiles goes to a scratch cache, removed: numba keeps a run's compile in HOME=/tmp.
+USER 0:0
+RUN NUMBA_CACHE_DIR=/tmp/numba-build embedstream model prepare /opt/embedstream/model \
+    && rm -rf /tmp/numba-build && test -f /opt/embedstream/model/embedstream-prepared.json
+USER 10001:10001
 
 FROM runtime AS final-hub
 COPY --from=model-hub --chown=0:0 /model /opt/embedstream/model
 ENV EMBED_MODEL__PATH=/opt/embedstream/model
+# The tokenizer check runs here once (embedstream model prepare: its verdict is stored next to the model, so
+# each start skips loading the reference tokenizer; worker.prepared). As root: the model folder is root's.
+# The pooling kernel it compiles goes to a scratch cache, removed: numba keeps a run's compile in HOME=/tmp.
+USER 0:0
+RUN NUMBA_CACHE_DIR=/tmp/numba-build embedstream model prepare /opt/embedstream/model \
+    && rm -rf /tmp/numba-build && test -f /opt/embedstream/model/embedstream-prepared.json
+USER 10001:10001
 
 # DL3006: final-${MODEL_SOURCE} is one of the stages above, not a registry image to pin.
 # hadolint ignore=DL3006

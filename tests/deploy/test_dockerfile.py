@@ -174,6 +174,10 @@ def test_model_path_per_source() -> None:
     assert any(c.endswith("${MODEL_DIR} /model") for c in by_name["model-local"].all("COPY"))
     for stage in ("model-local", "model-hub"):  # uid 10001 must read files whatever their mode in the source
         assert "chmod -R a+rX" in " ".join(by_name[stage].all("RUN")), stage
+    for stage in ("final-local", "final-hub"):  # a baked model carries its tokenizer verdict (worker.prepared)
+        runs = by_name[stage].all("RUN")
+        assert any("embedstream model prepare /opt/embedstream/model" in r for r in runs), stage
+        assert by_name[stage].all("USER")[-1] == "10001:10001", f"{stage} must end as the worker's user"
     hub_copies = by_name["final-hub"].all("COPY")
     assert any("--from=model-hub" in c and c.endswith(f"/model {chart_path}") for c in hub_copies)
     hub = " ".join(by_name["model-hub"].all("RUN"))
