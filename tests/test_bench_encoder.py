@@ -61,6 +61,7 @@ def test_bench_encoder_passes_reports_first_pass_steady_state_and_parts(model_fa
     assert set(report["sets"]) == {"short", "paragraph"}
     for row in report["sets"].values():
         assert row["parity_ok"] and row["unseen"] > 0 and row["tokens"] > 0
+        assert row["pooling"] == "compiled", row["pooling"]  # timed with the kernel the worker runs
         for key in ("model2vec_cpu_s", "first_cpu_s", "steady_cpu_s", "tokenizer_cpu_s", "pool_cpu_s",
-                    "construct_cpu_s"):
+                    "pool_sparse_cpu_s", "construct_cpu_s"):
             assert row[key] > 0
