@@ -89,7 +89,7 @@ def fetch_tokenizer(timeout: float = 300) -> Path:
 def build_model(dtype: str = "float16", *, seed: int = 0, normalize: bool = True,
                 folder: str | os.PathLike[str] | None = None) -> Path:
     """A gemma-like Model2Vec folder (cached): the real tokenizer, a seeded N(0, 1) table of vocab x 768 in
-    `dtype` (int8: rows * 40, rounded and clipped, as `worker.bench.synthetic.write_model`)."""
+    `dtype` (int8: rows * 40, rounded and clipped, as `worker.bench.synthetic.models.write_model`)."""
     from safetensors.numpy import save_file
     from tokenizers import Tokenizer
 
