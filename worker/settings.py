@@ -42,6 +42,11 @@ class OutputFormat(StrEnum):
     json = "json"
     f32 = "f32"  # binary float32 (same as binary with dtype float32)
     binary = "binary"
+    avro = "avro"  # Confluent wire format, schema in the registry (worker/schemas.py)
+    protobuf = "protobuf"
+
+
+SCHEMA_FORMATS = (OutputFormat.avro, OutputFormat.protobuf)
 
 
 class EmptyTextPolicy(StrEnum):
@@ -52,6 +57,11 @@ class EmptyTextPolicy(StrEnum):
 class ProcessingGuarantee(StrEnum):
     at_least_once = "at_least_once"
     exactly_once = "exactly_once"
+
+
+def _blank_none(cls: Any, value: Any) -> Any:
+    """A blank string (an empty environment variable) means unset."""
+    return None if isinstance(value, str) and not value.strip() else value
 
 
 def is_sensitive(key: str) -> bool:
@@ -173,7 +183,8 @@ class OutputSettings(BaseModel):
     """How an output message is written."""
 
     format: OutputFormat = Field(
-        OutputFormat.json, description="json; f32 (raw little-endian float32); binary (raw, in output.dtype)."
+        OutputFormat.json, description="json; f32 (raw little-endian float32); binary (raw, in output.dtype); "
+        "avro or protobuf (Confluent wire format, schema in EMBED_SCHEMA_REGISTRY__URL)."
     )
     dtype: Literal["float32", "float16", "int8"] = Field(
         "float32", description="binary format: element type; int8 carries a per-vector scale header."
@@ -197,6 +208,13 @@ class OutputSettings(BaseModel):
         default_factory=dict,
         description='json: constant fields added to every output, e.g. {"collection_name": "docs"}.',
     )
+    schema_envelope: bool = Field(
+        False, description="json: {\"schema\", \"payload\"} for Kafka Connect's JsonConverter (schemas.enable=true)."
+    )
+    envelope_vector: Literal["double", "float"] = Field(
+        "double", description="json envelope: the vector's Connect type, named io.debezium.data.DoubleVector "
+        "(pgvector vector) or FloatVector (halfvec, pgvector >= 0.7)."
+    )
 
     @field_validator("payload_fields", mode="before")
     @classmethod
@@ -206,10 +224,7 @@ class OutputSettings(BaseModel):
             return json.loads(value) if value.startswith("[") else [v.strip() for v in value.split(",") if v.strip()]
         return value
 
-    @field_validator("payload_field", mode="before")
-    @classmethod
-    def _empty_none(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and not value.strip() else value
+    _empty_none = field_validator("payload_field", mode="before")(_blank_none)
 
     @property
     def binary_dtype(self) -> str | None:
@@ -217,6 +232,39 @@ class OutputSettings(BaseModel):
         if self.format == OutputFormat.f32:
             return "float32"
         return self.dtype if self.format == OutputFormat.binary else None
+
+
+class SchemaRegistrySettings(BaseModel):
+    """The schema registry of the avro and protobuf output formats (Confluent API; Apicurio's /apis/ccompat/v7)."""
+
+    url: str | None = Field(None, description="Registry URL(s), comma-separated; required for avro/protobuf output.")
+    basic_auth_user: str | None = Field(None, description="Basic auth user name.")
+    basic_auth_password: SecretStr | None = Field(None, description="Basic auth password (a secret).")
+    bearer_token: SecretStr | None = Field(None, description="Static bearer token (a secret); not with basic auth.")
+    bearer_logical_cluster: str = Field("", description="bearer auth: the target-sr-cluster header.")
+    ssl_ca_location: str | None = Field(None, description="CA file or directory that signs the registry's TLS.")
+    timeout_s: float = Field(10.0, gt=0, description="Timeout of one registry request.")
+    auto_register: bool = Field(
+        True, description="Register the output schema at start; false = only look it up (it must be registered)."
+    )
+    subject_name_strategy: Literal["topic", "record", "topic_record"] = Field(
+        "topic", description="Subject: topic = <topic>-value (TopicNameStrategy); record = the record name "
+        "(RecordNameStrategy); topic_record = <topic>-<record name> (TopicRecordNameStrategy)."
+    )
+    record_name: str = Field(
+        "embedstream.Embedding", pattern=r"^([A-Za-z_][A-Za-z0-9_]*\.)*[A-Za-z_][A-Za-z0-9_]*$",
+        description="Full name of the record (Avro namespace.name, Protobuf package.message).",
+    )
+
+    _empty_none = field_validator("url", "basic_auth_user", "ssl_ca_location", mode="before")(_blank_none)
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> SchemaRegistrySettings:
+        if self.bearer_token is not None and (self.basic_auth_user or self.basic_auth_password):
+            raise ValueError("set basic auth (BASIC_AUTH_USER/PASSWORD) or BEARER_TOKEN, not both")
+        if (self.basic_auth_user is None) != (self.basic_auth_password is None):
+            raise ValueError("basic auth needs both BASIC_AUTH_USER and BASIC_AUTH_PASSWORD")
+        return self
 
 
 class ChunkingSettings(BaseModel):
@@ -288,6 +336,7 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings)
     input: InputSettings = Field(default_factory=InputSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
+    schema_registry: SchemaRegistrySettings = Field(default_factory=SchemaRegistrySettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
@@ -304,6 +353,14 @@ class Settings(BaseSettings):
     def _topics_differ(self) -> Settings:
         if self.output_topic == self.input_topic or self.dlq_topic == self.input_topic:
             raise ValueError("output_topic and dlq_topic must differ from input_topic")
+        schema = self.output.format in SCHEMA_FORMATS
+        if schema and not self.schema_registry.url:
+            raise ValueError(f"EMBED_OUTPUT__FORMAT={self.output.format.value} needs EMBED_SCHEMA_REGISTRY__URL")
+        if self.output.schema_envelope and self.output.format != OutputFormat.json:
+            raise ValueError("EMBED_OUTPUT__SCHEMA_ENVELOPE applies to EMBED_OUTPUT__FORMAT=json only")
+        if (schema or self.output.schema_envelope) and self.output.payload_field:
+            raise ValueError("EMBED_OUTPUT__PAYLOAD_FIELD (a nested payload) is not supported with avro, protobuf or "
+                             "the schema envelope: their fields are top-level")
         return self
 
 
