@@ -323,3 +323,20 @@ def test_envelope_is_an_option_of_the_json_format():
     with pytest.raises(SettingsError):
         load_settings(output={"format": "avro", "schema_envelope": True}, schema_registry={"url": "mock://x"})
     assert load_settings(output={"schema_envelope": True}).output.format == OutputFormat.json
+
+
+def test_run_exits_2_with_one_line_when_the_subject_is_missing(small_model):
+    """`embedstream run` itself: the registry's refusal is a settings error (exit 2), before any broker call."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "EMBED_LOG__LEVEL": "WARNING", "EMBED_MODEL__PATH": str(small_model),
+           "EMBED_METRICS__ENABLED": "false", "EMBED_OUTPUT__FORMAT": "protobuf",
+           "EMBED_SCHEMA_REGISTRY__URL": "mock://cli", "EMBED_SCHEMA_REGISTRY__AUTO_REGISTER": "false",
+           "EMBED_OUTPUT_TOPIC": "vectors-cli", "EMBED_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+    r = subprocess.run([sys.executable, "-m", "worker", "run"], capture_output=True, env=env, timeout=120)
+    assert r.returncode == 2, r.stderr
+    last = r.stderr.decode().strip().splitlines()[-1]
+    assert last.startswith("embedstream run: schema registry: subject 'vectors-cli-value' has no version")
+    assert b"Traceback" not in r.stderr
