@@ -16,7 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from worker.settings import SchemaRegistrySettings, SettingsError
+from worker.registry_settings import SchemaRegistrySettings
+from worker.settings import SettingsError
 
 log = logging.getLogger(__name__)
 

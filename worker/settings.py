@@ -25,6 +25,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError as SourceError
 
+from worker.registry_settings import SchemaRegistrySettings
+
 DEFAULT_MODEL = "tss-deposium/gemma-deposium-768d"
 SENSITIVE_MARKERS = ("password", "secret", "key", "token", "credential", "jaas")
 
@@ -57,11 +59,6 @@ class EmptyTextPolicy(StrEnum):
 class ProcessingGuarantee(StrEnum):
     at_least_once = "at_least_once"
     exactly_once = "exactly_once"
-
-
-def _blank_none(cls: Any, value: Any) -> Any:
-    """A blank string (an empty environment variable) means unset."""
-    return None if isinstance(value, str) and not value.strip() else value
 
 
 def is_sensitive(key: str) -> bool:
@@ -224,7 +221,10 @@ class OutputSettings(BaseModel):
             return json.loads(value) if value.startswith("[") else [v.strip() for v in value.split(",") if v.strip()]
         return value
 
-    _empty_none = field_validator("payload_field", mode="before")(_blank_none)
+    @field_validator("payload_field", mode="before")
+    @classmethod
+    def _empty_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def binary_dtype(self) -> str | None:
@@ -232,39 +232,6 @@ class OutputSettings(BaseModel):
         if self.format == OutputFormat.f32:
             return "float32"
         return self.dtype if self.format == OutputFormat.binary else None
-
-
-class SchemaRegistrySettings(BaseModel):
-    """The schema registry of the avro and protobuf output formats (Confluent API; Apicurio's /apis/ccompat/v7)."""
-
-    url: str | None = Field(None, description="Registry URL(s), comma-separated; required for avro/protobuf output.")
-    basic_auth_user: str | None = Field(None, description="Basic auth user name.")
-    basic_auth_password: SecretStr | None = Field(None, description="Basic auth password (a secret).")
-    bearer_token: SecretStr | None = Field(None, description="Static bearer token (a secret); not with basic auth.")
-    bearer_logical_cluster: str = Field("", description="bearer auth: the target-sr-cluster header.")
-    ssl_ca_location: str | None = Field(None, description="CA file or directory that signs the registry's TLS.")
-    timeout_s: float = Field(10.0, gt=0, description="Timeout of one registry request.")
-    auto_register: bool = Field(
-        True, description="Register the output schema at start; false = only look it up (it must be registered)."
-    )
-    subject_name_strategy: Literal["topic", "record", "topic_record"] = Field(
-        "topic", description="Subject: topic = <topic>-value (TopicNameStrategy); record = the record name "
-        "(RecordNameStrategy); topic_record = <topic>-<record name> (TopicRecordNameStrategy)."
-    )
-    record_name: str = Field(
-        "embedstream.Embedding", pattern=r"^([A-Za-z_][A-Za-z0-9_]*\.)*[A-Za-z_][A-Za-z0-9_]*$",
-        description="Full name of the record (Avro namespace.name, Protobuf package.message).",
-    )
-
-    _empty_none = field_validator("url", "basic_auth_user", "ssl_ca_location", mode="before")(_blank_none)
-
-    @model_validator(mode="after")
-    def _one_auth(self) -> SchemaRegistrySettings:
-        if self.bearer_token is not None and (self.basic_auth_user or self.basic_auth_password):
-            raise ValueError("set basic auth (BASIC_AUTH_USER/PASSWORD) or BEARER_TOKEN, not both")
-        if (self.basic_auth_user is None) != (self.basic_auth_password is None):
-            raise ValueError("basic auth needs both BASIC_AUTH_USER and BASIC_AUTH_PASSWORD")
-        return self
 
 
 class ChunkingSettings(BaseModel):
@@ -353,6 +320,10 @@ class Settings(BaseSettings):
     def _topics_differ(self) -> Settings:
         if self.output_topic == self.input_topic or self.dlq_topic == self.input_topic:
             raise ValueError("output_topic and dlq_topic must differ from input_topic")
+        return self
+
+    @model_validator(mode="after")
+    def _schema_outputs(self) -> Settings:
         schema = self.output.format in SCHEMA_FORMATS
         if schema and not self.schema_registry.url:
             raise ValueError(f"EMBED_OUTPUT__FORMAT={self.output.format.value} needs EMBED_SCHEMA_REGISTRY__URL")
