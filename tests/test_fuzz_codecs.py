@@ -123,15 +123,17 @@ def corrupt_pipeline(corrupt):
 
     def get(fmt: str, normalize: bool) -> Pipeline:
         if (fmt, normalize) not in pipes:
-            out = {"format": fmt} if fmt in ("json", "f32") else {"format": "binary", "dtype": fmt}
+            out: dict = {"format": fmt} if fmt in ("json", "f32", "avro", "protobuf") else \
+                {"format": "json", "schema_envelope": True} if fmt == "envelope" else {"format": "binary", "dtype": fmt}
             encoder = Encoder(load_model(corrupt), normalize=normalize)
-            pipes[(fmt, normalize)] = offline_pipeline(Settings(output=out), encoder)
+            pipes[(fmt, normalize)] = offline_pipeline(
+                Settings(output=out, schema_registry={"url": "mock://fuzz"}), encoder)
         return pipes[(fmt, normalize)]
 
     return get
 
 
-@pytest.mark.parametrize("fmt", ["json", "f32", "int8", "float16"])
+@pytest.mark.parametrize("fmt", ["json", "f32", "int8", "float16", "avro", "protobuf", "envelope"])
 @pytest.mark.parametrize("normalize", [True, False])
 @fuzz(40)
 @given(texts=st.lists(TEXTS, min_size=1, max_size=8))
@@ -155,6 +157,24 @@ def test_a_vector_that_is_not_finite_is_dead_lettered_never_published(corrupt_pi
         assert topic == pipe.s.output_topic and value is not None
         if fmt == "json":
             back = np.array(json.loads(value, parse_constant=_no_constant)["embedding"], dtype=np.float32)
+        elif fmt == "envelope":
+            back = np.array(json.loads(value, parse_constant=_no_constant)["payload"]["embedding"], np.float32)
+        elif fmt in ("avro", "protobuf"):
+            back = schema_vector(pipe, fmt, value)
         else:
             back = dequantize(value, "float32" if fmt == "f32" else fmt, float(dict(headers).get("scale", b"1")))
         assert np.isfinite(back).all(), (text, back)
+
+
+def schema_vector(pipe: Pipeline, fmt: str, value: bytes) -> np.ndarray:
+    """The vector of an avro or protobuf output, read back by confluent-kafka's deserializer."""
+    from confluent_kafka.schema_registry.avro import AvroDeserializer
+    from confluent_kafka.schema_registry.protobuf import ProtobufDeserializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    ctx = SerializationContext(pipe.s.output_topic, MessageField.VALUE)
+    writer = pipe.assembler.outputs.writer
+    if fmt == "avro":
+        return np.array(AvroDeserializer(pipe.assembler.registry_client)(value, ctx)["embedding"], np.float32)
+    msg = ProtobufDeserializer(writer.message_class, {"use.deprecated.format": False})(value, ctx)
+    return np.array(list(msg.embedding), np.float32)

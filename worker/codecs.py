@@ -2,7 +2,8 @@
 
 Input formats: `json` ({"id": ..., "text": ..., ...}; field names configurable) and `text` (the raw
 UTF-8 value; id = key). Output formats: `json` ({"id", "embedding", "model", "dim"}) and `f32` (raw
-little-endian float32; id, model and dim in headers). Every rule that sends a message to the
+little-endian float32; id, model and dim in headers); `avro`, `protobuf` and the JSON schema envelope are
+written by worker.schema_output. Every rule that sends a message to the
 dead-letter topic lives here, with its reason from a small fixed set (also the metric label).
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import orjson
@@ -178,7 +179,8 @@ class OutputEncoder:
     """Builds output values and headers from vectors: JSON (field names, payload and constants
     configurable, so a vector store's Kafka sink takes it as it is) or raw binary vectors."""
 
-    def __init__(self, settings: OutputSettings, model_name: str, dim: int) -> None:
+    def __init__(self, settings: OutputSettings, model_name: str, dim: int, writer: Any = None) -> None:
+        self.writer = writer  # avro, protobuf or the JSON envelope (worker.schema_output), when configured
         self.binary = settings.binary_dtype
         self.model_name = model_name
         self.dim = dim
@@ -197,6 +199,8 @@ class OutputEncoder:
 
     def values(self, records: Sequence[OutputRecord], vectors: np.ndarray) -> list[bytes]:
         """One output value per record, from the matching row of `vectors` (float32 [n, dim])."""
+        if self.writer is not None:
+            return cast(list[bytes], self.writer.values(records, vectors))
         if self.binary is not None:
             return self._binary(records, vectors)
         dumps = orjson.dumps

@@ -16,7 +16,7 @@ from worker.chunking import Chunker, document_vector
 from worker.codecs import Decoded, Headers, OutputEncoder, OutputRecord, Reason, chunk_ident, dead_letter
 from worker.encoder import Encoded, Encoder
 from worker.metrics import Metrics
-from worker.settings import Settings
+from worker.settings import SCHEMA_FORMATS, Settings
 
 Outgoing = tuple[str, bytes | None, bytes | None, Headers]  # (topic, key, value, headers)
 
@@ -29,7 +29,13 @@ class OutputAssembler:
         self.s = settings
         self.encoder = encoder
         self.metrics = metrics
-        self.outputs = OutputEncoder(settings.output, model_name, encoder.dim)
+        self.registry_client: Any = None
+        writer = None
+        if settings.output.format in SCHEMA_FORMATS or settings.output.schema_envelope:
+            from worker.schema_output import make_writer
+
+            writer, self.registry_client = make_writer(settings, model_name, encoder.dim)
+        self.outputs = OutputEncoder(settings.output, model_name, encoder.dim, writer=writer)
         self.chunker = None if settings.chunking.mode == "off" else Chunker(settings.chunking,
                                                                              encoder.model.tokenizer)
         self.dlq_max_value = settings.input.dead_letter_max_value_bytes

@@ -25,6 +25,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError as SourceError
 
+from worker.registry_settings import SchemaRegistrySettings
+
 DEFAULT_MODEL = "tss-deposium/gemma-deposium-768d"
 SENSITIVE_MARKERS = ("password", "secret", "key", "token", "credential", "jaas")
 
@@ -42,6 +44,11 @@ class OutputFormat(StrEnum):
     json = "json"
     f32 = "f32"  # binary float32 (same as binary with dtype float32)
     binary = "binary"
+    avro = "avro"  # Confluent wire format, schema in the registry (worker/schemas.py)
+    protobuf = "protobuf"
+
+
+SCHEMA_FORMATS = (OutputFormat.avro, OutputFormat.protobuf)
 
 
 class EmptyTextPolicy(StrEnum):
@@ -186,7 +193,8 @@ class OutputSettings(BaseModel):
     """How an output message is written."""
 
     format: OutputFormat = Field(
-        OutputFormat.json, description="json; f32 (raw little-endian float32); binary (raw, in output.dtype)."
+        OutputFormat.json, description="json; f32 (raw little-endian float32); binary (raw, in output.dtype); "
+        "avro or protobuf (Confluent wire format, schema in EMBED_SCHEMA_REGISTRY__URL)."
     )
     dtype: Literal["float32", "float16", "int8"] = Field(
         "float32", description="binary format: element type; int8 carries a per-vector scale header."
@@ -209,6 +217,13 @@ class OutputSettings(BaseModel):
     extra: dict[str, Any] = Field(
         default_factory=dict,
         description='json: constant fields added to every output, e.g. {"collection_name": "docs"}.',
+    )
+    schema_envelope: bool = Field(
+        False, description="json: {\"schema\", \"payload\"} for Kafka Connect's JsonConverter (schemas.enable=true)."
+    )
+    envelope_vector: Literal["double", "float"] = Field(
+        "double", description="json envelope: the vector's Connect type, named io.debezium.data.DoubleVector "
+        "(pgvector vector) or FloatVector (halfvec, pgvector >= 0.7)."
     )
 
     @field_validator("payload_fields", mode="before")
@@ -301,6 +316,7 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings)
     input: InputSettings = Field(default_factory=InputSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
+    schema_registry: SchemaRegistrySettings = Field(default_factory=SchemaRegistrySettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
@@ -317,6 +333,18 @@ class Settings(BaseSettings):
     def _topics_differ(self) -> Settings:
         if self.output_topic == self.input_topic or self.dlq_topic == self.input_topic:
             raise ValueError("output_topic and dlq_topic must differ from input_topic")
+        return self
+
+    @model_validator(mode="after")
+    def _schema_outputs(self) -> Settings:
+        schema = self.output.format in SCHEMA_FORMATS
+        if schema and not self.schema_registry.url:
+            raise ValueError(f"EMBED_OUTPUT__FORMAT={self.output.format.value} needs EMBED_SCHEMA_REGISTRY__URL")
+        if self.output.schema_envelope and self.output.format != OutputFormat.json:
+            raise ValueError("EMBED_OUTPUT__SCHEMA_ENVELOPE applies to EMBED_OUTPUT__FORMAT=json only")
+        if (schema or self.output.schema_envelope) and self.output.payload_field:
+            raise ValueError("EMBED_OUTPUT__PAYLOAD_FIELD (a nested payload) is not supported with avro, protobuf or "
+                             "the schema envelope: their fields are top-level")
         return self
 
 
