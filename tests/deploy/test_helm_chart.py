@@ -417,6 +417,30 @@ def test_secrets_tls_and_static_membership(render: Callable[..., Rendered]) -> N
     assert values["EMBED_KAFKA__CONFIG__SSL_CA_LOCATION"].startswith(tls["mountPath"] + "/")
 
 
+def test_schema_registry_url_secret_and_ca(render: Callable[..., Rendered]) -> None:
+    r = render([ALL_ON])
+    values = r.env_values()
+    assert values["EMBED_OUTPUT__FORMAT"] == "avro"
+    assert values["EMBED_SCHEMA_REGISTRY__URL"] == "https://schema-registry.example.com:8081"
+    assert values["EMBED_SCHEMA_REGISTRY__AUTO_REGISTER"] == "false"
+    assert values["EMBED_SCHEMA_REGISTRY__SUBJECT_NAME_STRATEGY"] == "topic_record"
+    assert values["EMBED_SCHEMA_REGISTRY__SSL_CA_LOCATION"] == "/etc/embedstream/registry-tls/ca.crt"
+    assert {"secretRef": {"name": "embedstream-registry-credentials"}} in r.container["envFrom"]
+    mounts = {m["name"]: m for m in r.container["volumeMounts"]}
+    volumes = {v["name"]: v for v in r.pod_spec["volumes"]}
+    assert mounts["registry-tls"] == {"name": "registry-tls", "mountPath": "/etc/embedstream/registry-tls",
+                                      "readOnly": True}
+    assert volumes["registry-tls"]["secret"]["secretName"] == "embedstream-registry-ca"
+    default = render()
+    assert not any(n.startswith("EMBED_SCHEMA_REGISTRY__") for n in default.env_values())
+    assert "registry-tls" not in {v["name"] for v in default.pod_spec["volumes"]}
+
+
+def test_avro_output_needs_a_registry_url(render_error: Callable[..., str]) -> None:
+    err = render_error(sets={"worker.outputFormat": "protobuf"})
+    assert "schemaRegistry" in err or "url" in err, err
+
+
 def test_no_secret_or_static_membership_by_default(render: Callable[..., Rendered]) -> None:
     r = render()
     assert "envFrom" not in r.container

@@ -132,12 +132,16 @@ The worker's environment (shared by the Deployment and the topic-creation Job).
 {{- end }}
 
 {{/*
-envFrom: the Kafka credentials Secret and extraEnvFrom.
+envFrom: the Kafka and schema registry credentials Secrets and extraEnvFrom.
 */}}
 {{- define "embedstream.envFrom" -}}
 {{- if .Values.kafka.existingSecret }}
 - secretRef:
     name: {{ .Values.kafka.existingSecret }}
+{{- end }}
+{{- if and .Values.schemaRegistry.url .Values.schemaRegistry.existingSecret }}
+- secretRef:
+    name: {{ .Values.schemaRegistry.existingSecret }}
 {{- end }}
 {{- with .Values.extraEnvFrom }}
 {{ toYaml . }}
