@@ -120,6 +120,7 @@ def sink_stack() -> Iterator[SinkStack]:
     proc = subprocess.run(["bash", str(SCRIPT), "start"], env=env, stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=600)
     if proc.returncode == FETCH_REFUSED:
+        shutil.rmtree(run_dir, ignore_errors=True)
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         _skip_or_fail(lines[-1] if lines else "sink-stack.sh fetch failed")
     if proc.returncode != 0:
