@@ -6,6 +6,9 @@
 # (tests/cluster, marker `cluster`) starts a three-node cluster with scripts/kafka-cluster.sh only when one of its
 # tests is selected, on KAFKA_CLUSTER_PORT (default 39092..39097) in KAFKA_CLUSTER_DIR; it is wiped on exit.
 # `scripts/test.sh -m cluster` runs that suite alone, `-m "not cluster"` everything else.
+# The sink suite (tests/sink, marker `sink`) needs Apicurio Registry, Kafka Connect + the Debezium JDBC sink and
+# PostgreSQL/pgvector: fetched and cached here once by scripts/sink-stack.sh (~16 s from nothing), started by
+# its session fixture on free ports. An argument containing "not sink" skips the download.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -32,6 +35,14 @@ if [ "$(id -u)" = 0 ] && { ! command -v ip >/dev/null || ! command -v iptables >
   echo "test: installing iproute2 and iptables for the cluster suite" >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q iproute2 iptables >&2 \
     || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q iproute2 iptables >&2; }
+fi
+
+# The sink suite's downloads (Maven Central, PyPI), cached under ~/.cache/embedstream/sink; required in CI.
+sink_selected=1
+for arg in "$@"; do case "$arg" in *"not sink"*) sink_selected=0 ;; esac; done
+if [ "$sink_selected" = 1 ] && ! bash scripts/sink-stack.sh fetch; then
+  if [ -n "${CI:-}" ]; then echo "test: the sink stack's downloads are required in CI" >&2; exit 1; fi
+  echo "test: sink stack unavailable; tests/sink will skip" >&2
 fi
 
 HELM="$(bash scripts/install-tools.sh)"
