@@ -340,3 +340,18 @@ def test_run_exits_2_with_one_line_when_the_subject_is_missing(small_model):
     last = r.stderr.decode().strip().splitlines()[-1]
     assert last.startswith("embedstream run: schema registry: subject 'vectors-cli-value' has no version")
     assert b"Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("vector", ["double", "float"])
+def test_avro_vector_names_its_connect_type_for_the_jdbc_sink(vector):
+    """Debezium's JDBC sink maps an array to pgvector only when its Connect schema is named DoubleVector (vector)
+    or FloatVector (halfvec); an Avro converter names the array after its `connect.name` (tests/sink proves it)."""
+    import json as _json
+
+    from worker.schemas import VECTOR_NAMES
+
+    s = settings("avro", {"envelope_vector": vector})
+    writer, client = make_writer(s, "m", 8)
+    registered = client.get_latest_version(f"{TOPIC}-value").schema.schema_str
+    array = next(f["type"] for f in _json.loads(registered)["fields"] if f["name"] == writer.lay.vector.name)
+    assert array == {"type": "array", "items": "float", "connect.name": VECTOR_NAMES[vector]}

@@ -18,7 +18,7 @@ import base64
 import logging
 import struct
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import orjson
@@ -167,12 +167,12 @@ class EnvelopeWriter:
 Writer = AvroWriter | ProtobufWriter | EnvelopeWriter
 
 
-def registry_schema(fmt: OutputFormat, lay: Layout) -> Any:
+def registry_schema(fmt: OutputFormat, lay: Layout, vector: Literal["double", "float"] = "double") -> Any:
     """The confluent-kafka `Schema` the serializers register: Avro's JSON; Protobuf's file descriptor, base64."""
     from confluent_kafka.schema_registry import Schema
 
     if fmt == OutputFormat.avro:
-        return Schema(avro_schema_str(lay), "AVRO")
+        return Schema(avro_schema_str(lay, vector), "AVRO")
     cls = proto_message_class(lay)
     return Schema(base64.standard_b64encode(cls.DESCRIPTOR.file.serialized_pb).decode("ascii"), "PROTOBUF")
 
@@ -189,7 +189,7 @@ def make_writer(settings: Settings, model_name: str, dim: int, client: Any = Non
     rs = settings.schema_registry
     client = client if client is not None else registry.make_client(rs)
     subject = registry.subject_name(rs, settings.output_topic)
-    schema_id = registry.register(client, rs, subject, registry_schema(out.format, lay))
+    schema_id = registry.register(client, rs, subject, registry_schema(out.format, lay, out.envelope_vector))
     log.info("output schema", extra={"format": out.format.value, "subject": subject,
                                                              "schema_id": schema_id, "url": registry.safe_url(rs.url)})
     writer: Writer = AvroWriter(lay, schema_id) if out.format == OutputFormat.avro else ProtobufWriter(lay, schema_id)

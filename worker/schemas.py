@@ -123,13 +123,18 @@ def layout(out: OutputSettings, model_name: str, dim: int, chunked: bool,
 # ---- Avro ----
 
 _AVRO = {"string": "string", "int": "int", "long": "long", "double": "double", "boolean": "boolean"}
+# The Debezium types the JDBC sink maps to pgvector (DoubleVector: vector; FloatVector: halfvec, pgvector >= 0.7)
+VECTOR_NAMES = {"double": "io.debezium.data.DoubleVector", "float": "io.debezium.data.FloatVector"}
 
 
-def avro_schema(lay: Layout) -> dict[str, Any]:
+def avro_schema(lay: Layout, vector: Literal["double", "float"] = "double") -> dict[str, Any]:
+    """The Avro record. The vector's array carries `connect.name`, the Connect schema name an Avro converter gives
+    it (Apicurio's and Confluent's read that property), so a Kafka Connect sink sees a Debezium vector type."""
     fields: list[dict[str, Any]] = []
     for c in lay.columns:
         if c.kind == "vector":
-            fields.append({"name": c.name, "type": {"type": "array", "items": "float"}})
+            fields.append({"name": c.name,
+                           "type": {"type": "array", "items": "float", "connect.name": VECTOR_NAMES[vector]}})
         elif c.optional:
             fields.append({"name": c.name, "type": ["null", _AVRO[c.kind]], "default": None})
         else:
@@ -140,8 +145,8 @@ def avro_schema(lay: Layout) -> dict[str, Any]:
     return schema
 
 
-def avro_schema_str(lay: Layout) -> str:
-    return json.dumps(avro_schema(lay), separators=(",", ":"))
+def avro_schema_str(lay: Layout, vector: Literal["double", "float"] = "double") -> str:
+    return json.dumps(avro_schema(lay, vector), separators=(",", ":"))
 
 
 # ---- Protobuf ----
@@ -178,7 +183,6 @@ def proto_message_class(lay: Layout) -> Any:
 # ---- Kafka Connect (JsonConverter, schemas.enable=true) ----
 
 _CONNECT = {"string": "string", "int": "int32", "long": "int64", "double": "double", "boolean": "boolean"}
-VECTOR_NAMES = {"double": "io.debezium.data.DoubleVector", "float": "io.debezium.data.FloatVector"}
 
 
 def connect_schema(lay: Layout, vector: Literal["double", "float"] = "double") -> dict[str, Any]:

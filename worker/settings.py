@@ -222,8 +222,8 @@ class OutputSettings(BaseModel):
         False, description="json: {\"schema\", \"payload\"} for Kafka Connect's JsonConverter (schemas.enable=true)."
     )
     envelope_vector: Literal["double", "float"] = Field(
-        "double", description="json envelope: the vector's Connect type, named io.debezium.data.DoubleVector "
-        "(pgvector vector) or FloatVector (halfvec, pgvector >= 0.7)."
+        "double", description="json envelope and avro: the vector's Connect type, named "
+        "io.debezium.data.DoubleVector (pgvector vector) or FloatVector (halfvec, pgvector >= 0.7)."
     )
 
     @field_validator("payload_fields", mode="before")
