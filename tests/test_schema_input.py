@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from confluent_kafka import TopicPartition
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient, SchemaRegistryError
-from confluent_kafka.schema_registry.avro import AvroSerializer
-from confluent_kafka.schema_registry.protobuf import ProtobufSerializer
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.schema_registry.protobuf import ProtobufDeserializer, ProtobufSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
@@ -103,6 +103,8 @@ def test_avro_from_the_serializer_decodes_to_text_id_and_payload():
     assert d.ids == [7, "doc-2", "key-3"] and d.texts == [doc["text"] for doc in docs]
     assert d.fields[0] == {"title": "T", "tags": ["a", "b"], "blob": "\x00\xff"}  # bytes: Avro's JSON encoding
     assert d.fields[1] == {"title": None, "tags": [], "blob": ""}
+    theirs = [AvroDeserializer(c)(v, CTX) for v in values]  # what confluent-kafka's deserializer reads
+    assert [t["text"] for t in theirs] == d.texts and [t["id"] for t in theirs][:2] == d.ids[:2]
 
 
 def test_protobuf_from_the_serializer_decodes_with_its_message_indexes():
@@ -118,6 +120,8 @@ def test_protobuf_from_the_serializer_decodes_with_its_message_indexes():
     assert d.texts == ["hello", "no title, no id", "a nested message"]
     assert d.fields[0] == {"title": "T", "tags": ["x"], "blob": "AQ=="}  # bytes as protobuf's JSON mapping (base64)
     assert d.fields[1] == {"tags": [], "blob": ""}  # an unset optional field is absent, as a missing JSON key
+    theirs = ProtobufDeserializer(cls["Doc"], {"use.deprecated.format": False})(doc, CTX)
+    assert (theirs.id, theirs.text, theirs.title, list(theirs.tags)) == (12, "hello", "T", ["x"])
 
 
 # ---- dead letters ----
