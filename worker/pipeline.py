@@ -23,7 +23,6 @@ from collections.abc import Callable
 from typing import cast
 
 import numpy as np
-import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from worker.codecs import Headers, InputDecoder, OutputRecord, Reason
@@ -115,27 +114,9 @@ class Pipeline:
         self.stop_event.set()
 
     def _on_stats(self, raw: str) -> None:
-        try:
-            stats = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return
-        up = any(b.get("state") == "UP" for b in stats.get("brokers", {}).values() if b.get("nodeid", -1) >= 0)
-        self.health.broker_up = up
-        self.metrics.broker_up.set(1 if up else 0)
-        total = 0
-        for topic, t in stats.get("topics", {}).items():
-            for pid, p in t.get("partitions", {}).items():
-                part = int(pid)
-                if part < 0 or (topic, part) not in self.assigned:
-                    continue
-                lag = p.get("consumer_lag_stored", -1)
-                if lag is None or lag < 0:
-                    lag = p.get("consumer_lag", -1)
-                if lag is not None and lag >= 0:
-                    self.metrics.lag.labels(topic, str(part)).set(lag)
-                    total += lag
-        self.metrics.lag_total.set(total)
-        self.lag_total = total
+        got = self.metrics.apply_stats(raw, self.assigned)  # broker state and lag of the assigned partitions
+        if got is not None:
+            self.health.broker_up, self.lag_total = got
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned.update((p.topic, p.partition) for p in partitions)
