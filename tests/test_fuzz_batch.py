@@ -4,7 +4,9 @@ offset tracker and the metrics get reconcile: len(batch) == published + dead-let
 
 Batches mix good JSON or text, tombstones, random bytes, oversized values, empty texts, nesting orjson cannot
 write back, a text the encoder raises on, a text whose vector is NaN (a corrupt table row), large keys and headers
-(outputs over the record limit), on several partitions, with chunking, payloads and binary formats."""
+(outputs over the record limit), on several partitions, with chunking, payloads and binary formats. Avro and
+Protobuf input: records from confluent-kafka's serializers (mock registry), cut short, with a byte flipped, a wrong
+magic byte or an unknown schema id, and raw bytes."""
 
 from __future__ import annotations
 
@@ -181,3 +183,108 @@ def _check_chunks(pipe: Pipeline, by_input: dict) -> None:
         count = int(chunks[0]["chunk-count"])
         assert sorted(int(h["chunk-index"]) for h in chunks) == list(range(count)), where
         assert kinds.count(b"document") == (1 if pipe.s.chunking.document_vector else 0), where
+
+
+# ---- avro and protobuf input: registry-framed records, good and broken ----
+
+AVRO_IN = {"type": "record", "name": "In", "namespace": "fuzz", "fields": [
+    {"name": "id", "type": ["null", "long", "string"]}, {"name": "text", "type": ["null", "string"]},
+    {"name": "meta", "type": ["null", "string", "long", {"type": "array", "items": "long"}]}]}
+
+
+def _proto_in() -> type:
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    fd = descriptor_pb2.FieldDescriptorProto
+    fdp = descriptor_pb2.FileDescriptorProto(name="fuzz/in.proto", package="fuzz", syntax="proto3")
+    msg = fdp.message_type.add(name="In")
+    msg.field.add(name="id", number=1, type=fd.TYPE_STRING, label=fd.LABEL_OPTIONAL)
+    msg.field.add(name="text", number=2, type=fd.TYPE_STRING, label=fd.LABEL_OPTIONAL)
+    msg.field.add(name="meta", number=3, type=fd.TYPE_INT64, label=fd.LABEL_REPEATED)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("fuzz.In"))
+
+
+@st.composite
+def framed(draw) -> tuple[str, object]:
+    """What to send: a good record (id, text, meta) to serialize, maybe broken afterwards, or raw bytes."""
+    kind = draw(st.sampled_from(["good"] * 6 + ["cut", "flip", "magic", "unknown", "bytes", "none", "short"]))
+    if kind in ("bytes", "none", "short"):
+        return kind, draw(st.binary(max_size=40)) if kind == "bytes" else draw(st.binary(max_size=4))
+    ident = draw(st.one_of(st.none(), st.integers(-2**63, 2**63 - 1), st.text(max_size=8)))
+    meta = draw(st.lists(st.integers(-2**63, 2**63 - 1), max_size=3))
+    return kind, (ident, draw(TEXTS), meta, draw(st.integers(0, 10**6)))
+
+
+def _value(fmt: str, ser, cls, spec: tuple[str, object]) -> bytes | None:
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    kind, data = spec
+    if kind == "none":
+        return None
+    if kind in ("bytes", "short"):
+        return data  # type: ignore[return-value]
+    ident, text, meta, r = data  # type: ignore[misc]
+    ctx = SerializationContext("texts", MessageField.VALUE)
+    if fmt == "avro":
+        value = ser({"id": ident, "text": text, "meta": meta or None}, ctx)
+    else:
+        value = ser(cls(id=str(ident) if ident is not None else "", text=text, meta=meta), ctx)
+    if kind == "cut":
+        return value[:r % len(value)]
+    if kind == "flip":
+        k = 5 + r % (len(value) - 5)
+        return value[:k] + bytes([value[k] ^ (1 + r % 255)]) + value[k + 1:]
+    if kind == "magic":
+        return bytes([1 + r % 255]) + value[1:]
+    return value[:1] + (10**6 + r).to_bytes(4, "big") + value[5:] if kind == "unknown" else value
+
+
+@pytest.fixture(scope="module")
+def registry_pipelines(tmp_path_factory):
+    from confluent_kafka.schema_registry.avro import AvroSerializer
+    from confluent_kafka.schema_registry.protobuf import ProtobufSerializer
+
+    folder = corrupt_model(tmp_path_factory.mktemp("registry"), "wordpiece", {"fox": np.nan})
+    made = {}
+    for fmt in ("avro", "protobuf"):
+        s = Settings(input={"format": fmt}, schema_registry={"url": f"mock://fuzz-{fmt}"},
+                     output={"payload_fields": ["meta"]})
+        pipe = offline_pipeline(s, Flaky(load_model(Path(folder))))
+        client = pipe.gate.reader.client
+        cls = _proto_in()
+        ser = (AvroSerializer(client, json.dumps(AVRO_IN)) if fmt == "avro" else
+               ProtobufSerializer(cls, client, {"use.deprecated.format": False}))
+        made[fmt] = (pipe, ser, cls)
+    return made
+
+
+@pytest.mark.parametrize("fmt", ["avro", "protobuf"])
+@fuzz(80)
+@given(specs=st.lists(framed(), min_size=1, max_size=12), partitions=st.lists(st.integers(0, 2), min_size=12,
+                                                                             max_size=12))
+def test_registry_input_every_record_is_published_or_dead_lettered_once(registry_pipelines, fmt, specs, partitions):
+    pipe, ser, cls = registry_pipelines[fmt]
+    msgs = [FakeMessage(_value(fmt, ser, cls, spec), partition=partitions[i], offset=i) for i, spec in enumerate(specs)]
+    dead_before = sum(s.value for m in pipe.metrics.dead_lettered.collect() for s in m.samples
+                      if s.name.endswith("_total"))
+    by_input, pending = process(pipe, msgs)
+    reasons = {where: dead_letter_reason(recs) for where, recs in by_input.items()}
+    published = sum(r is None for r in reasons.values())
+    dead = Counter(r for r in reasons.values() if r is not None)
+    assert published + sum(dead.values()) == len(msgs) and set(dead) <= REASONS, dead
+    assert pending is not None and pending.produced == published
+    dead_after = sum(s.value for m in pipe.metrics.dead_lettered.collect() for s in m.samples
+                     if s.name.endswith("_total"))
+    assert dead_after - dead_before == sum(dead.values())
+    _check_expected_outcomes(pipe, msgs, by_input)
+    _check_values(pipe, by_input)
+    for msg, spec in zip(msgs, specs, strict=True):
+        reason = reasons[(msg.partition(), msg.offset())]
+        if spec[0] == "unknown":
+            assert reason == Reason.UNKNOWN_SCHEMA
+        elif spec[0] in ("magic", "short"):
+            assert reason == Reason.INVALID_FRAMING
+        elif spec[0] == "good":
+            assert reason in (None, Reason.EMPTY_TEXT, Reason.ENCODE_ERROR, Reason.NON_STRING_TEXT), reason

@@ -1,10 +1,10 @@
 """Message codecs: input values -> (id, text) or a dead-letter reason; vectors -> output values.
 
 Input formats: `json` ({"id": ..., "text": ..., ...}; field names configurable) and `text` (the raw
-UTF-8 value; id = key). Output formats: `json` ({"id", "embedding", "model", "dim"}) and `f32` (raw
-little-endian float32; id, model and dim in headers); `avro`, `protobuf` and the JSON schema envelope are
-written by worker.schema_output. Every rule that sends a message to the
-dead-letter topic lives here, with its reason from a small fixed set (also the metric label).
+UTF-8 value; id = key); `avro` and `protobuf` records are read by worker.schema_input. Output formats: `json`
+({"id", "embedding", "model", "dim"}) and `f32` (raw little-endian float32; id, model and dim in headers); `avro`,
+`protobuf` and the JSON schema envelope are written by worker.schema_output. Every dead-letter reason lives here
+(Reason, a small fixed set, also the metric label); the rules of the schema'd inputs are in worker.schema_input.
 """
 
 from __future__ import annotations
@@ -33,6 +33,10 @@ class Reason:
     EMPTY_TEXT = "empty_text"
     TOO_LARGE = "too_large"
     ENCODE_ERROR = "encode_error"
+    # avro and protobuf input (worker/schema_input.py)
+    INVALID_FRAMING = "invalid_framing"  # not the Confluent wire format: too short, magic byte not 0, bad indexes
+    UNKNOWN_SCHEMA = "unknown_schema"  # the registry answers 404 for the record's schema id
+    INVALID_RECORD = "invalid_record"  # does not decode with its schema (or the schema is not one this format reads)
 
 
 class BadInput(Exception):
@@ -66,8 +70,9 @@ def fallback_id(key: bytes | None, topic: str, partition: int, offset: int) -> s
 class InputDecoder:
     """Turns raw message values into texts, or says why a message goes to the dead-letter topic."""
 
-    def __init__(self, settings: InputSettings, keep_fields: Sequence[str] = ()) -> None:
+    def __init__(self, settings: InputSettings, keep_fields: Sequence[str] = (), schemas: Any = None) -> None:
         self.keep_fields = list(keep_fields)
+        self.schemas = schemas  # avro/protobuf input: a worker.schema_input.SchemaReader (registry, cached schemas)
         self.format = settings.format
         self.id_field = settings.id_field
         self.text_field = settings.text_field
@@ -89,6 +94,14 @@ class InputDecoder:
             if is_json:
                 try:
                     ident, text, doc = self._decode_json(value)
+                except BadInput as e:
+                    out.bad.append((i, e.reason, e.message))
+                    continue
+                if ident is None:
+                    ident = fallback_id(keys[i], *where[i])
+            elif self.schemas is not None:
+                try:
+                    ident, text, doc = self.schemas.read(value)
                 except BadInput as e:
                     out.bad.append((i, e.reason, e.message))
                     continue

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+import orjson
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -160,6 +161,30 @@ class Metrics:
         for event in REBALANCE_EVENTS:
             self.rebalances.labels(event)
         self.set_build()
+
+    def apply_stats(self, raw: str, assigned: set[tuple[str, int]]) -> tuple[bool, int] | None:
+        """librdkafka's statistics JSON: set broker_up and the lag of the assigned partitions; (a broker is up, total
+        lag), or None when the JSON does not parse."""
+        try:
+            stats = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None
+        up = any(b.get("state") == "UP" for b in stats.get("brokers", {}).values() if b.get("nodeid", -1) >= 0)
+        self.broker_up.set(1 if up else 0)
+        total = 0
+        for topic, t in stats.get("topics", {}).items():
+            for pid, p in t.get("partitions", {}).items():
+                part = int(pid)
+                if part < 0 or (topic, part) not in assigned:
+                    continue
+                lag = p.get("consumer_lag_stored", -1)
+                if lag is None or lag < 0:
+                    lag = p.get("consumer_lag", -1)
+                if lag is not None and lag >= 0:
+                    self.lag.labels(topic, str(part)).set(lag)
+                    total += lag
+        self.lag_total.set(total)
+        return up, total
 
     def set_build(self, **extra: str) -> None:
         self.build_info.info({"version": __version__, "python": platform.python_version(), **extra})

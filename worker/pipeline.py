@@ -23,7 +23,6 @@ from collections.abc import Callable
 from typing import cast
 
 import numpy as np
-import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from worker.codecs import Headers, InputDecoder, OutputRecord, Reason
@@ -35,6 +34,7 @@ from worker.metrics import Metrics
 from worker.offsets import OffsetTracker, PendingBatch, account
 from worker.outputs import OutputAssembler
 from worker.probes import Health
+from worker.schema_input import input_gate
 from worker.settings import ProcessingGuarantee, Settings
 from worker.transactions import Outcome, Transactions
 
@@ -52,11 +52,13 @@ class Pipeline:
         self.encoder = encoder
         self.metrics = metrics
         self.health = health
-        self.decoder = InputDecoder(settings.input, keep_fields=settings.output.payload_fields)
         self.producer_conf = producer_config(settings, self._on_error)
         # what one record may weigh: the producer's message.max.bytes less room for the record's framing
         self.max_record = int(self.producer_conf["message.max.bytes"]) - 1024
         self.assembler = OutputAssembler(settings, encoder, model_name, metrics, self.max_record)
+        self.gate = input_gate(settings, health, self.assembler.registry_client)  # avro/protobuf input, else None
+        self.decoder = InputDecoder(settings.input, keep_fields=settings.output.payload_fields,
+                                    schemas=self.gate.reader if self.gate else None)
         self.tracker = OffsetTracker()
         self.stop_event = threading.Event()
         self.exit_code = EXIT_OK
@@ -112,27 +114,9 @@ class Pipeline:
         self.stop_event.set()
 
     def _on_stats(self, raw: str) -> None:
-        try:
-            stats = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return
-        up = any(b.get("state") == "UP" for b in stats.get("brokers", {}).values() if b.get("nodeid", -1) >= 0)
-        self.health.broker_up = up
-        self.metrics.broker_up.set(1 if up else 0)
-        total = 0
-        for topic, t in stats.get("topics", {}).items():
-            for pid, p in t.get("partitions", {}).items():
-                part = int(pid)
-                if part < 0 or (topic, part) not in self.assigned:
-                    continue
-                lag = p.get("consumer_lag_stored", -1)
-                if lag is None or lag < 0:
-                    lag = p.get("consumer_lag", -1)
-                if lag is not None and lag >= 0:
-                    self.metrics.lag.labels(topic, str(part)).set(lag)
-                    total += lag
-        self.metrics.lag_total.set(total)
-        self.lag_total = total
+        got = self.metrics.apply_stats(raw, self.assigned)  # broker state and lag of the assigned partitions
+        if got is not None:
+            self.health.broker_up, self.lag_total = got
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned.update((p.topic, p.partition) for p in partitions)
@@ -245,6 +229,10 @@ class Pipeline:
                     msgs = self.consumer.consume(s.batch.max_messages, 0.05)  # serves rebalances; keeps us in
                     self._held.extend(msgs)                                   # the group while output is slow
                     msgs = []
+                    if self.gate is not None and self.gate.due():  # the registry was down: try the held batch
+                        msgs, self._held = self._held, []
+                        if not msgs:
+                            self.gate.release()  # what was held is revoked: nothing to wait for
                 elif self._held:
                     msgs, self._held = self._held, []
                 else:
@@ -253,7 +241,8 @@ class Pipeline:
                 if msgs:
                     self.health.broker_up = True
                     self.health.has_work = True  # a stall inside process() must show on /healthz
-                    self.process(msgs)
+                    if self._admit(msgs):
+                        self.process(msgs)
                 self._backpressure()
                 self.metrics.producer_queue.set(len(self.producer))
                 in_flight = self.tracker.in_flight_messages
@@ -292,7 +281,8 @@ class Pipeline:
             self._pause()
         if not self.paused:
             return
-        if len(self.tracker.pending) < max(1, limit // 2) and not self.commits.blocked():
+        if len(self.tracker.pending) < max(1, limit // 2) and not self.commits.blocked() and not (
+                self.gate is not None and self.gate.waiting):
             self.consumer.resume(self.consumer.assignment())
             self.paused = False
             self.metrics.paused.set(0)
@@ -303,6 +293,16 @@ class Pipeline:
             self._pause_said = True
             log.warning("offset commits are not confirmed: consumption paused until one is",
                         extra={"uncommitted": self.commits.uncommitted, "cap": self.commits.cap})
+
+    def _admit(self, msgs: list[Message]) -> bool:
+        """avro/protobuf input: fetch the batch's schemas first. The registry down: hold the batch (in order, ahead
+        of anything held already), pause, and keep polling; the gate says when to try again (worker.schema_input)."""
+        if self.gate is None or self.gate.admit(m.value() for m in msgs if m.error() is None):
+            return True
+        self._held = msgs + self._held
+        if not self.paused:
+            self._pause()
+        return False
 
     def _pause(self) -> None:
         parts = self.consumer.assignment()

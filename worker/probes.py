@@ -2,7 +2,8 @@
 
 Liveness fails only when the processing loop has stopped stepping while it has work (a stalled loop
 needs a restart; an idle one does not). Readiness needs the model loaded, a broker reachable and the
-group joined. Only GET is served, requests are small, and nothing secret is ever in a response.
+group joined, and (avro/protobuf input) the schema registry answering. Only GET is served, requests are small,
+and nothing secret is ever in a response.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Health:
         self.stopping = False
         self.last_step = time.monotonic()
         self.waiting_since: float | None = None  # set while the loop waits on the broker in a blocking call
+        self.registry_down: str | None = None  # avro/protobuf input: why the schema registry cannot be asked
 
     def step(self, has_work: bool) -> None:
         """The loop completed one step; `has_work` = partitions assigned with lag or outputs in flight."""
@@ -51,6 +53,8 @@ class Health:
             return False, "not ready: waiting for broker (a transaction call has not returned)"
         if missing:
             return False, "not ready: waiting for " + ", ".join(missing)
+        if self.registry_down is not None:
+            return False, f"not ready: schema registry unreachable ({self.registry_down[:200]})"
         return True, "ok"
 
 

@@ -20,6 +20,7 @@ from worker.registry_settings import SchemaRegistrySettings
 from worker.settings import SettingsError
 
 log = logging.getLogger(__name__)
+FIRST_RETRY_S, MAX_RETRY_S = 1.0, 30.0  # back-off of an unreachable registry: 1 s doubling to 30 s (also the input's)
 
 
 class RegistryError(SettingsError):
@@ -68,7 +69,7 @@ def subject_name(rs: SchemaRegistrySettings, topic: str) -> str:
     return f"{topic}-value"
 
 
-def _transport_errors() -> tuple[type[BaseException], ...]:
+def transport_errors() -> tuple[type[BaseException], ...]:
     try:
         from confluent_kafka.schema_registry.common._httpx_compat import httpx
 
@@ -84,8 +85,8 @@ def register(client: Any, rs: SchemaRegistrySettings, subject: str, schema: Any,
     registry answers with an error: RegistryError, one line with its message."""
     from confluent_kafka.schema_registry import SchemaRegistryError
 
-    transport = _transport_errors()
-    delay, attempt = 1.0, 0
+    transport = transport_errors()
+    delay, attempt = FIRST_RETRY_S, 0
     while True:
         attempt += 1
         try:
@@ -103,7 +104,7 @@ def register(client: Any, rs: SchemaRegistrySettings, subject: str, schema: Any,
         log.warning("schema registry unreachable; retrying (not ready until it answers)",
                     extra={"url": safe_url(rs.url), "subject": subject, "error": problem[:300], "retry_in_s": delay})
         sleep(delay)
-        delay = min(delay * 2, 30.0)
+        delay = min(delay * 2, MAX_RETRY_S)
 
 
 def _explain(e: Any, rs: SchemaRegistrySettings, subject: str) -> str:

@@ -38,6 +38,8 @@ class SettingsError(ValueError):
 class InputFormat(StrEnum):
     json = "json"
     text = "text"
+    avro = "avro"  # Confluent wire format, writer schema fetched from the registry by id (worker/schema_input.py)
+    protobuf = "protobuf"
 
 
 class OutputFormat(StrEnum):
@@ -176,9 +178,10 @@ class ModelSettings(BaseModel):
 class InputSettings(BaseModel):
     """How an input message is read."""
 
-    format: InputFormat = Field(InputFormat.json, description="json: {id, text, ...}; text: raw UTF-8, id = key.")
-    id_field: str = Field("id", description="JSON field holding the id (json format).")
-    text_field: str = Field("text", description="JSON field holding the text (json format).")
+    format: InputFormat = Field(InputFormat.json, description="json: {id, text, ...}; text: raw UTF-8, id = key; "
+                                "avro or protobuf: Confluent wire format, schemas from EMBED_SCHEMA_REGISTRY__URL.")
+    id_field: str = Field("id", description="Field holding the id (json, avro, protobuf).")
+    text_field: str = Field("text", description="Field holding the text (json, avro, protobuf).")
     max_bytes: int = Field(1_000_000, ge=1, description="Messages larger than this go to the dead-letter topic.")
     dead_letter_max_value_bytes: int = Field(
         900_000, ge=0, description="A dead letter carries the original value only up to this size (brokers "
@@ -338,6 +341,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _schema_outputs(self) -> Settings:
         schema = self.output.format in SCHEMA_FORMATS
+        if self.input.format in (InputFormat.avro, InputFormat.protobuf) and not self.schema_registry.url:
+            raise ValueError(f"EMBED_INPUT__FORMAT={self.input.format.value} needs EMBED_SCHEMA_REGISTRY__URL")
         if schema and not self.schema_registry.url:
             raise ValueError(f"EMBED_OUTPUT__FORMAT={self.output.format.value} needs EMBED_SCHEMA_REGISTRY__URL")
         if self.output.schema_envelope and self.output.format != OutputFormat.json:
