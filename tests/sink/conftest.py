@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -19,6 +20,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# the broker helpers the worker tests share (tests/integration/kafkatools.py)
+if str(ROOT / "tests" / "integration") not in sys.path:
+    sys.path.insert(0, str(ROOT / "tests" / "integration"))
 SCRIPT = ROOT / "scripts" / "sink-stack.sh"
 CONNECTOR_DIR = ROOT / "scripts" / "sink"
 FETCH_REFUSED = 3  # sink-stack.sh's exit code when a download is refused or fails
