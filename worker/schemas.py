@@ -129,7 +129,7 @@ VECTOR_NAMES = {"double": "io.debezium.data.DoubleVector", "float": "io.debezium
 
 def avro_schema(lay: Layout, vector: Literal["double", "float"] = "double") -> dict[str, Any]:
     """The Avro record. The vector's array carries `connect.name`, the Connect schema name an Avro converter gives
-    it (Apicurio's and Confluent's read that property), so a Kafka Connect sink sees a Debezium vector type."""
+    it (Apicurio's AvroConverter does: tests/sink), so a Kafka Connect sink sees a Debezium vector type."""
     fields: list[dict[str, Any]] = []
     for c in lay.columns:
         if c.kind == "vector":
