@@ -122,6 +122,27 @@ class Collector:
         self.consumer.close()
 
 
+def run_in_thread(pipeline: Any, client: Client, out: str, dlq: str, outputs: int, dead_letters: int,
+                  settle: float = 1.0) -> tuple[list[Record], list[Record]]:
+    """Run an in-process `Pipeline` on a thread until `outputs` records reached `out` and `dead_letters` reached
+    `dlq` (or their timeouts passed), stop it, and check it stopped cleanly; (outputs, dead letters)."""
+    import threading
+
+    thread = threading.Thread(target=pipeline.run, daemon=True)
+    out_c, dead_c = Collector(client, out), Collector(client, dlq)
+    thread.start()
+    try:
+        records = out_c.poll_until(outputs, timeout=120, settle=settle)
+        dead = dead_c.poll_until(dead_letters, timeout=60, settle=settle)
+    finally:
+        pipeline.stop()
+        thread.join(30)
+        out_c.close()
+        dead_c.close()
+    assert not thread.is_alive() and pipeline.exit_code == 0
+    return records, dead
+
+
 def collect(client: Client, topic: str, count: int, timeout: float = 120.0, settle: float = 1.0) -> list[Record]:
     """Read `topic` from the beginning until `count` records arrived (plus `settle` seconds) or the timeout."""
     c = Collector(client, topic)

@@ -18,7 +18,7 @@ from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from prometheus_client import CollectorRegistry
 
-from kafkatools import Collector, produce, unique
+from kafkatools import Collector, produce, run_in_thread, unique
 from worker.app import build
 from worker.encoder import Encoder
 from worker.model import load_model
@@ -59,18 +59,7 @@ def test_avro_input_through_the_broker_every_input_accounted_for(bootstrap, topi
     }
     bad_values = [(b"bad", v, None) for vs in bad.values() for v in vs]
     produce(bootstrap, inp, good[: n // 2] + bad_values + good[n // 2:])
-    thread = threading.Thread(target=pipeline.run, daemon=True)
-    outputs, dead = Collector(bootstrap, out), Collector(bootstrap, dlq)
-    thread.start()
-    try:
-        records = outputs.poll_until(n, timeout=120, settle=1)
-        dead_letters = dead.poll_until(len(bad_values), timeout=60, settle=1)
-    finally:
-        pipeline.stop()
-        thread.join(30)
-        outputs.close()
-        dead.close()
-    assert not thread.is_alive() and pipeline.exit_code == 0
+    records, dead_letters = run_in_thread(pipeline, bootstrap, out, dlq, n, len(bad_values))
     assert len(records) == n and len(dead_letters) == len(bad_values)  # consumed = produced + dead-lettered
     assert health.registry_down is None and pipeline.gate.reader.fetches == 2  # the schema, and the unknown id
     types = sorted(dict(r.headers)["error-type"].decode() for r in dead_letters)

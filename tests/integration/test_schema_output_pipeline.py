@@ -9,7 +9,6 @@ against the registry at EMBED_TEST_SCHEMA_REGISTRY_URL (e.g. Apicurio's /apis/cc
 from __future__ import annotations
 
 import os
-import threading
 
 import numpy as np
 import orjson
@@ -18,7 +17,7 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from prometheus_client import CollectorRegistry
 
-from kafkatools import Collector, json_messages, produce, unique
+from kafkatools import json_messages, produce, run_in_thread, unique
 from worker.app import build
 from worker.encoder import Encoder
 from worker.model import load_model
@@ -44,18 +43,7 @@ def test_avro_output_through_the_broker_decodes_to_the_workers_vectors(bootstrap
         schema_registry={"url": url},
     )
     pipeline, _, _ = build(settings, CollectorRegistry(), install_signals=False)
-    thread = threading.Thread(target=pipeline.run, daemon=True)
-    outputs, dead = Collector(bootstrap, out), Collector(bootstrap, dlq)
-    thread.start()
-    try:
-        records = outputs.poll_until(n, timeout=120, settle=1)
-        dead_letters = dead.poll_until(bad, timeout=60, settle=0)
-    finally:
-        pipeline.stop()
-        thread.join(30)
-        outputs.close()
-        dead.close()
-    assert not thread.is_alive() and pipeline.exit_code == 0
+    records, dead_letters = run_in_thread(pipeline, bootstrap, out, dlq, n, bad)
     assert len(records) == n and len(dead_letters) == bad  # consumed = produced + dead-lettered
 
     client = pipeline.assembler.registry_client
