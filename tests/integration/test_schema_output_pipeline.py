@@ -2,13 +2,11 @@
 under the output topic's subject, decoded by confluent-kafka's AvroDeserializer to the worker's vector exactly.
 
 The pipeline runs in this process (worker.app.build, as test_observability does), so that confluent-kafka's mock
-registry (in memory, one per client) is the worker's and the test's: `mock` always runs. `real` runs the same
-against the registry at EMBED_TEST_SCHEMA_REGISTRY_URL (e.g. Apicurio's /apis/ccompat/v7) and skips without it.
+registry (in memory, one per client) is the worker's and the test's. Against a real registry (Apicurio), the
+worker's avro output (and input) runs end to end in tests/sink/test_worker_to_pgvector.py.
 """
 
 from __future__ import annotations
-
-import os
 
 import numpy as np
 import orjson
@@ -26,11 +24,8 @@ from worker.settings import load_settings
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.parametrize("registry", ["mock", "real"])
-def test_avro_output_through_the_broker_decodes_to_the_workers_vectors(bootstrap, topics, small_model, registry):
-    url = "mock://integration" if registry == "mock" else os.environ.get("EMBED_TEST_SCHEMA_REGISTRY_URL")
-    if not url:
-        pytest.skip("EMBED_TEST_SCHEMA_REGISTRY_URL is not set: no real schema registry to run against")
+def test_avro_output_through_the_broker_decodes_to_the_workers_vectors(bootstrap, topics, small_model):
+    url = "mock://integration"
     n, bad = 600, 5
     inp, out, dlq = topics(partitions=3)
     msgs = json_messages(n, keys=30)
