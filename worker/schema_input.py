@@ -144,30 +144,30 @@ class SchemaReader:
         from worker.registry import transport_errors
 
         self.fetches += 1
+        want = "PROTOBUF" if self.protobuf else "AVRO"
+        parsing = False  # a 404 while parsing is a missing reference, not an unknown id
         try:
             schema = self.client.get_schema(schema_id)
-        except SchemaRegistryError as e:
-            if e.http_status_code == 404:
-                return _Unusable(Reason.UNKNOWN_SCHEMA, f"schema id {schema_id} is unknown to the registry "
-                                 f"(HTTP 404: {e.error_message})"[:500], self.clock() + NEGATIVE_TTL_S)
-            raise RegistryUnavailable(f"HTTP {e.http_status_code}: {e.error_message}"[:300]) from None
-        except transport_errors() as e:
-            raise RegistryUnavailable(f"{type(e).__name__}: {e}"[:300]) from None
-        want = "PROTOBUF" if self.protobuf else "AVRO"
-        kind = (schema.schema_type or "AVRO").upper()
-        if kind != want:
-            return _Unusable(Reason.INVALID_RECORD, f"schema id {schema_id} is a {kind} schema; EMBED_INPUT__FORMAT="
-                             f"{want.lower()} reads {want} records")
-        try:
+            kind = (schema.schema_type or "AVRO").upper()
+            if kind != want:
+                return _Unusable(Reason.INVALID_RECORD, f"schema id {schema_id} is a {kind} schema; "
+                                 f"EMBED_INPUT__FORMAT={want.lower()} reads {want} records")
+            parsing = True
             return self._parse_protobuf(schema) if self.protobuf else self._parse_avro(schema)
-        except SchemaRegistryError as e:  # a reference the registry could not give
-            if e.http_status_code == 404:
+        except SchemaRegistryError as e:
+            if e.http_status_code != 404:
+                raise RegistryUnavailable(f"HTTP {e.http_status_code}: {e.error_message}"[:300]) from None
+            if parsing:
                 return _Unusable(Reason.INVALID_RECORD, f"schema id {schema_id}: a reference is missing (HTTP 404: "
                                  f"{e.error_message})"[:500], self.clock() + NEGATIVE_TTL_S)
-            raise RegistryUnavailable(f"HTTP {e.http_status_code}: {e.error_message}"[:300]) from None
+            return _Unusable(Reason.UNKNOWN_SCHEMA, f"schema id {schema_id} is unknown to the registry "
+                             f"(HTTP 404: {e.error_message})"[:500], self.clock() + NEGATIVE_TTL_S)
         except transport_errors() as e:
             raise RegistryUnavailable(f"{type(e).__name__}: {e}"[:300]) from None
-        except Exception as e:  # a schema fastavro or protobuf cannot load
+        except Exception as e:
+            if not parsing:
+                raise
+            # a schema fastavro or protobuf cannot load
             return _Unusable(Reason.INVALID_RECORD, f"schema id {schema_id} cannot be loaded: "
                              f"{type(e).__name__}: {e}"[:500])
 
