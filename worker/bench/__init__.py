@@ -1,4 +1,4 @@
-"""Benchmarks: `embedstream bench encoder`, `bench pipeline` and `bench startup`."""
+"""Benchmarks: `embedstream bench encoder`, `bench pipeline`, `bench startup` and `bench soak`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ BENCHES = {
     "encoder": "encoder vs model2vec.StaticModel.encode: texts/s and tokens/s, one core and all cores",
     "startup": "process start to /readyz 200 with the tokenizer verdict stored and without (the full check)",
     "pipeline": "end to end through a real broker: msg/s, CPU per message vs the encoder alone, memory, latency",
+    "soak": "a steady load at 80% of the measured maximum for an hour: per-minute figures, fails on loss or growth",
 }
 
 
