@@ -199,7 +199,12 @@ def memory_by_process(pid: int) -> dict[str, tuple[int, int]]:
     return out
 
 
+def _interrupt(_sig: int, _frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM (a timeout, `kill`) stops the worker and a private broker like Ctrl-C does
+
+
 def main(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     if args.bootstrap:
         return run(args, args.bootstrap)
     with PrivateBroker() as bootstrap:
