@@ -19,6 +19,10 @@
 #   scripts/kafka-cluster.sh start-node N   start node N again (same data) and wait until it answers
 #   scripts/kafka-cluster.sh isolate N      netns: drop all traffic between node N and the other two nodes
 #   scripts/kafka-cluster.sh heal N         netns: remove node N's drop rules
+#   scripts/kafka-cluster.sh log-dir N PATH node N stopped: move its log directory (partitions and metadata log)
+#                                           to PATH, an empty directory such as a small mount for a disk-full
+#                                           test, and keep it there (start, start-node); PATH `default` moves it
+#                                           back to DIR/nN/data; without PATH print where it is
 #
 # Environment (all optional):
 #   KAFKA_CLUSTER_PORT     node 1's client port (default 39092); node N uses PORT+2(N-1), its controller +1
@@ -59,6 +63,7 @@ port() { echo $((base + 2 * ($1 - 1))); }
 host() { if [ "$net" = netns ]; then echo "$subnet.1$1"; else echo 127.0.0.1; fi; }
 ns() { echo "${prefix}k$1"; }
 pidfile() { echo "$dir/n$1/kafka.pid"; }
+logdir() { if [ -s "$dir/n$1/log-dir" ]; then cat "$dir/n$1/log-dir"; else echo "$dir/n$1/data"; fi; }
 running() { local f; f="$(pidfile "$1")"; [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; }
 port_open() { (exec 3<>"/dev/tcp/$(host "$1")/$(port "$1")") 2>/dev/null; }
 bootstrap() { echo "$(host 1):$(port 1),$(host 2):$(port 2),$(host 3):$(port 3)"; }
@@ -104,7 +109,7 @@ net_down() {
 write_config() {
   local n="$1" voters="" m
   for m in 1 2 3; do voters="$voters${voters:+,}$m@$(host "$m"):$(( $(port "$m") + 1 ))"; done
-  mkdir -p "$dir/n$n/data"
+  mkdir -p "$dir/n$n" "$(logdir "$n")"
   cat > "$dir/n$n/server.properties" <<EOF
 process.roles=broker,controller
 node.id=$n
@@ -114,7 +119,7 @@ advertised.listeners=PLAINTEXT://$(host "$n"):$(port "$n")
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-log.dirs=$dir/n$n/data
+log.dirs=$(logdir "$n")
 num.partitions=1
 default.replication.factor=3
 min.insync.replicas=2
@@ -171,7 +176,7 @@ start() {
     if ! running "$n" && port_open "$n"; then log "$(host "$n"):$(port "$n") is taken; set KAFKA_CLUSTER_PORT"; exit 1; fi
     write_config "$n"
   done
-  if [ ! -f "$dir/n1/data/meta.properties" ]; then
+  if [ ! -f "$(logdir 1)/meta.properties" ]; then
     id="$(java -cp "$cp" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n1)"
     for n in 1 2 3; do
       java -cp "$cp" kafka.tools.StorageTool format -t "$id" -c "$dir/n$n/server.properties" \
@@ -213,12 +218,28 @@ rules() {  # rules ACTION N: add (-A) or delete (-D) the drops between node N an
   done
 }
 
+move_log_dir() {  # move_log_dir N [PATH]: node N's log directory to PATH (default: back to DIR/nN/data)
+  local n="$1" to="$2" from
+  if [ "$to" = default ]; then to="$dir/n$n/data"; fi
+  if running "$n"; then log "stop node $n before moving its log directory"; exit 1; fi
+  from="$(logdir "$n")"
+  to="$(mkdir -p "$to" && cd "$to" && pwd)"
+  if [ "$from" != "$to" ]; then
+    if find "$to" -mindepth 1 -maxdepth 1 ! -name lost+found | grep -q .; then log "$to is not empty"; exit 1; fi
+    if [ -d "$from" ]; then cp -a "$from/." "$to/" && find "$from" -mindepth 1 -delete; fi
+  fi
+  if [ "$to" = "$dir/n$n/data" ]; then rm -f "$dir/n$n/log-dir"; else echo "$to" > "$dir/n$n/log-dir"; fi
+  write_config "$n"
+  log "node $n log directory: $to"
+}
+
 node_arg() { case "${1:-}" in 1|2|3) ;; *) echo "node must be 1, 2 or 3" >&2; exit 2 ;; esac; }
 
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
-  wipe) stop; rm -rf "$dir" ;;
+  wipe) stop; for n in 1 2 3; do if [ -s "$dir/n$n/log-dir" ]; then find "$(logdir "$n")" -mindepth 1 -delete; fi; done
+        rm -rf "$dir" ;;
   status) for n in 1 2 3; do running "$n" || { echo "node $n stopped"; exit 1; }; done; echo "running $net $(bootstrap)" ;;
   bootstrap) bootstrap ;;
   kill) node_arg "${2:-}"; stop_node "$2" KILL; log "node $2 killed" ;;
@@ -226,5 +247,6 @@ case "${1:-}" in
   start-node) node_arg "${2:-}"; launch "$2"; wait_up "$2"; log "node $2 started" ;;
   isolate) node_arg "${2:-}"; rules -D "$2"; rules -A "$2"; log "node $2 isolated from the other nodes" ;;
   heal) node_arg "${2:-}"; rules -D "$2"; rules -D "$2"; log "node $2 healed" ;;
-  *) echo "usage: $0 start|stop|wipe|status|bootstrap|kill N|stop-node N|start-node N|isolate N|heal N" >&2; exit 2 ;;
+  log-dir) node_arg "${2:-}"; if [ $# -ge 3 ]; then move_log_dir "$2" "$3"; fi; logdir "$2" ;;
+  *) echo "usage: $0 start|stop|wipe|status|bootstrap|kill N|stop-node N|start-node N|isolate N|heal N|log-dir N [PATH]" >&2; exit 2 ;;
 esac

@@ -11,6 +11,8 @@
 # Environment (all optional):
 #   KAFKA_LOCAL_PORT        client port (default 9092); the controller uses PORT+1
 #   KAFKA_LOCAL_DIR         data, logs and PID file (default .kafka-local beside this repo's root)
+#   KAFKA_LOCAL_LOG_DIR     the broker's log directory (log.dirs: partitions and the metadata log), e.g. a small
+#                           mount for a disk-full test (default KAFKA_LOCAL_DIR/data); set it for every command
 #   KAFKA_LOCAL_CACHE       where the jars are cached between runs (default ~/.cache/embedstream/kafka-VERSION)
 #   KAFKA_LOCAL_EXTRA_PROPS a file whose lines are appended to server.properties; a key set there
 #                           overrides the default above it (the last occurrence of a key wins)
@@ -34,6 +36,7 @@ port="${KAFKA_LOCAL_PORT:-9092}"
 cport="$((port + 1))"
 dir="${KAFKA_LOCAL_DIR:-$root/.kafka-local}"
 cache="${KAFKA_LOCAL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/embedstream/kafka-$version}"
+logdir="${KAFKA_LOCAL_LOG_DIR:-$dir/data}"
 pidfile="$dir/kafka.pid"
 log="$dir/server.log"
 
@@ -49,7 +52,7 @@ fetch_jars() {
 }
 
 write_config() {
-  mkdir -p "$dir/data"
+  mkdir -p "$dir" "$logdir"
   local listeners="PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport"
   local protocols="CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
   local extra name l
@@ -74,7 +77,7 @@ advertised.listeners=$listeners
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=$protocols
-log.dirs=$dir/data
+log.dirs=$logdir
 num.partitions=1
 offsets.topic.replication.factor=1
 offsets.topic.num.partitions=10
@@ -105,7 +108,7 @@ start() {
   fetch_jars
   write_config
   local cp="$cache/libs/*"
-  if [ ! -f "$dir/data/meta.properties" ]; then
+  if [ ! -f "$logdir/meta.properties" ]; then
     local id
     id="$(java -cp "$cp" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n1)"
     local scram=() line
@@ -151,6 +154,6 @@ case "${1:-}" in
   stop) stop ;;
   restart) stop; start ;;
   status) if running; then echo "running pid $(cat "$pidfile") 127.0.0.1:$port"; else echo "stopped"; exit 1; fi ;;
-  wipe) stop; rm -rf "$dir" ;;
+  wipe) stop; rm -rf "$dir"; if [ -n "${KAFKA_LOCAL_LOG_DIR:-}" ]; then find "$logdir" -mindepth 1 -delete; fi ;;
   *) echo "usage: $0 start|stop|restart|status|wipe" >&2; exit 2 ;;
 esac

@@ -52,6 +52,7 @@ class Pipeline:
         self.encoder = encoder
         self.metrics = metrics
         self.health = health
+        metrics.broker_up.set_function(lambda: 1.0 if health.broker_reachable() else 0.0)  # at scrape time
         self.producer_conf = producer_config(settings, self._on_error)
         # what one record may weigh: the producer's message.max.bytes less room for the record's framing
         self.max_record = int(self.producer_conf["message.max.bytes"]) - 1024
@@ -85,9 +86,10 @@ class Pipeline:
     def _on_error(self, err: KafkaError) -> None:
         kind = err.name().lower().lstrip("_") if err.name() else "unknown"
         self.metrics.kafka_errors.labels(kind).inc()
-        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE):
+        # Not _TRANSPORT or _RESOLVE: those are one broker's connection (a cluster node gone, its disk full), while
+        # the others may serve; the statistics tell whether any broker is UP (issue 23: /readyz flapped to 503).
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
             self.health.broker_up = False
-            self.metrics.broker_up.set(0)
         if err.code() in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED,
                           KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED,
                           KafkaError.CLUSTER_AUTHORIZATION_FAILED):
@@ -124,7 +126,6 @@ class Pipeline:
         # An assignment came from the group coordinator, a broker: ready now, not at the first statistics report
         # (statistics_interval_ms later, 5 s by default), which keeps /readyz fresh afterwards.
         self.health.broker_up = True
-        self.metrics.broker_up.set(1)
         self.metrics.rebalances.labels("assign").inc()
         self.metrics.assigned.set(len(self.assigned))
         self._pause_stale = True  # set the new partitions' pause state from the loop, once they are assigned

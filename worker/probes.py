@@ -44,12 +44,21 @@ class Health:
             return False, f"stalled: no loop progress for {idle:.0f}s with work pending"
         return True, f"ok: last loop step {idle:.1f}s ago"
 
+    def blocked_on_broker(self) -> bool:
+        """A blocking call (exactly once: a transaction call) has waited on the broker for over 5 s."""
+        return self.waiting_since is not None and time.monotonic() - self.waiting_since > 5.0
+
+    def broker_reachable(self) -> bool:
+        """What embedstream_broker_up reports: a broker answers, and no call has been blocked on one for 5 s (while
+        blocked inside librdkafka no callback runs, so `broker_up` keeps its last value)."""
+        return self.broker_up and not self.blocked_on_broker()
+
     def ready(self) -> tuple[bool, str]:
         missing = [name for name, ok in (("model", self.model_loaded), ("broker", self.broker_up),
                                          ("group", self.joined)) if not ok]
         if self.stopping:
             return False, "stopping"
-        if self.waiting_since is not None and time.monotonic() - self.waiting_since > 5.0:
+        if self.blocked_on_broker():
             return False, "not ready: waiting for broker (a transaction call has not returned)"
         if missing:
             return False, "not ready: waiting for " + ", ".join(missing)

@@ -296,11 +296,15 @@ def committed_total(client: Client, group: str, topic: str, partitions: int) -> 
 
 
 class LocalBroker:
-    """A broker of a test's own (scripts/kafka-local.sh on its own port and data dir), to stop and restart."""
+    """A broker of a test's own (scripts/kafka-local.sh on its own port and data dir), to stop and restart;
+    `log_dir` puts its log directory elsewhere (a small mount, for a disk-full test)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, log_dir: Path | None = None) -> None:
         self.port = free_port_pair()
+        self.directory = directory
         self.env = {**os.environ, "KAFKA_LOCAL_PORT": str(self.port), "KAFKA_LOCAL_DIR": str(directory)}
+        if log_dir is not None:
+            self.env["KAFKA_LOCAL_LOG_DIR"] = str(log_dir)
         self.bootstrap = f"127.0.0.1:{self.port}"
 
     def _script(self, action: str) -> None:
