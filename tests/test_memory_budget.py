@@ -132,3 +132,27 @@ def test_check_passes_and_can_be_turned_off(small_model, monkeypatch):
     with pytest.raises(SettingsError) as e:
         check(load_settings(), 1)
     assert "\n" not in str(e.value)
+
+
+def test_a_batch_is_processed_in_parts_each_its_own_batch_for_the_offsets(small_model):
+    """EMBED_BATCH__MAX_KBYTES=1: five ~600-byte inputs make five parts, each a batch of its own in the offset
+    tracker, in consumption order, every input published once."""
+    import orjson
+    from fuzzkit import FakeMessage, offline_pipeline
+
+    from worker.encoder import Encoder
+    from worker.model import load_model
+    from worker.settings import Settings
+
+    pipe = offline_pipeline(Settings(batch={"max_kbytes": 1, "max_in_flight_batches": 8},
+                                     chunking={"mode": "words", "size": 20}), Encoder(load_model(small_model)))
+    text = " ".join(["fox jumps over the lazy dog"] * 20)
+    msgs = [FakeMessage(orjson.dumps({"id": f"d{i}", "text": text}), offset=10 + i) for i in range(5)]
+    pipe.process(msgs)  # type: ignore[arg-type]
+    pending = list(pipe.tracker.pending)
+    assert [b.next_offsets for b in pending] == [{("texts", 0): 11 + i} for i in range(5)]
+    assert [sum(b.counts.values()) for b in pending] == [1] * 5
+    sent = pipe.producer.sent  # type: ignore[attr-defined]
+    docs = {dict(r[3])["source-offset"] for r in sent}
+    assert docs == {str(10 + i).encode() for i in range(5)} and all(r[0] == pipe.s.output_topic for r in sent)
+    assert len(sent) == sum(b.outstanding for b in pending) and len(sent) > 5  # chunks
