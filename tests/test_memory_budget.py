@@ -102,6 +102,13 @@ def test_what_cannot_fit_is_over_the_limit():
     assert _gemma(4, EMBED_CHUNKING__MODE="words").total > 1536 * MIB  # four chunking processes in the 2-process limit
 
 
+def test_the_fast_path_cache_counts_where_the_fast_path_runs():
+    base = _gemma(1, EMBED_MODEL__FAST_PATH="off").total
+    assert _gemma(1, EMBED_MODEL__FAST_PATH="on").total == base + 256 * MIB
+    assert _gemma(1, EMBED_MODEL__TOKENIZER="tokenizers", EMBED_MODEL__FAST_PATH_CACHE_MB="64").total == base + 64 * MIB
+    assert _gemma(1, EMBED_MODEL__TOKENIZER="gigatoken").total == base  # auto: off in front of gigatoken
+
+
 def _run(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     full = {k: v for k, v in os.environ.items() if not k.startswith("EMBED_")}
     full.update({"EMBED_LOG__FORMAT": "text", "EMBED_METRICS__ENABLED": "false",

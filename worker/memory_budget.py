@@ -22,6 +22,7 @@ The estimate (every term a bound the worker enforces, each constant calibrated b
   than the prefetch it is taken from;
 - part: a batch is encoded and produced in parts of at most `EMBED_BATCH__MAX_KBYTES` (`input_parts`): a part's
   texts, chunks, vectors and output records, a multiple of its input (its outputs counted from the chunk size);
+- the fast path's piece cache (`EMBED_MODEL__FAST_PATH_CACHE_MB`) where the fast path runs (not with gigatoken);
 - outputs in flight: up to `MAX_IN_FLIGHT_BATCHES` parts' outputs in the producer's queue (librdkafka's copy),
   never more than that queue's bound (`queue.buffering.max.kbytes`, 64 MiB);
 - and start-up's own peak, which comes before any of the batches: parsing the tokenizer (the load-time check
@@ -31,6 +32,7 @@ The estimate (every term a bound the worker enforces, each constant calibrated b
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import struct
@@ -188,6 +190,17 @@ def chunk_text_bytes(s: Settings) -> int:
     return max(64, s.chunking.size * CHUNK_BYTES_PER_UNIT)
 
 
+def fast_path_cache(s: Settings) -> int:
+    """The fast path's piece cache a process may fill (`FAST_PATH_CACHE_MB`), where the fast path runs: `on`, or
+    `auto` in front of the reference tokenizer (`tokenizers` named, or `auto` without gigatoken installed). Not
+    counted: `auto` where gigatoken is installed but fails its self-check at load (the reference runs then)."""
+    m = s.model
+    if m.fast_path == "on" or (m.fast_path == "auto" and (
+            m.tokenizer == "tokenizers" or (m.tokenizer == "auto" and importlib.util.find_spec("gigatoken") is None))):
+        return m.fast_path_cache_mb * MIB
+    return 0
+
+
 def estimate(s: Settings, processes: int, table_bytes: int, tokenizer_bytes: int, dim: int) -> Estimate:
     b = s.batch
     max_msg = s.input.max_bytes
@@ -205,7 +218,7 @@ def estimate(s: Settings, processes: int, table_bytes: int, tokenizer_bytes: int
     supervised = processes > 1 or s.processing_guarantee.value == "exactly_once"  # supervisor.supervise
     factor = TOKENIZER_FACTOR + (REFERENCE_FACTOR if s.chunking.mode != "off" else 0.0)
     per_process = {"base": BASE_PROCESS, "prefetch": prefetch, "batch": batch, "part": part,
-                   "outputs in flight": in_flight}
+                   "outputs in flight": in_flight, "fast-path cache": fast_path_cache(s)}
     return Estimate(files=table_bytes + tokenizer_bytes + LIBRARIES, tokenizer=int(factor * tokenizer_bytes),
                     processes=processes, per_process=per_process, supervisor=SUPERVISOR if supervised else 0,
                     load=BASE_PROCESS + int(LOAD_FACTOR * tokenizer_bytes))

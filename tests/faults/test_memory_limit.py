@@ -152,6 +152,7 @@ def test_bursts_of_max_size_messages_stay_under_the_memory_limit(bootstrap, topi
     # at the limit the kernel reclaims the table's page cache (thrashing) before it kills; this kernel's v1 failcnt
     # stayed 0 through that (before the fixes: peak = the limit, failcnt 0), so the peak itself must stay below it
     assert peak < limit_mib * MIB and failcnt == 0, f"usage reached the {limit_mib} MiB limit (failcnt {failcnt})"
+    assert peak <= est.total, "the start-up estimate must bound the measured peak (worker.memory_budget's constants)"
     assert code == 0, worker.log_tail()
     assert r.missing == 0 and r.duplicates == 0
     assert r.dead_letters == 2  # the two over MAX_BYTES, too_large
