@@ -42,9 +42,14 @@ class Chunker:
         self.size = settings.size
         self.overlap = min(settings.overlap, settings.size - 1)
         self.max_word_chars = settings.max_word_chars
-        tok = Tokenizer.from_str(tokenizer.to_str())
-        tok.no_truncation()
-        tok.no_padding()
+        # The model's tokenizer itself where it neither truncates nor pads (the encoder's reference never does): a
+        # copy is the size of the loaded tokenizer again (Gemma 3's: ~110 MB, ~450 MB while it is parsed) in every
+        # process, where the children of `run --processes` share the supervisor's one copy-on-write.
+        tok = tokenizer
+        if tok.truncation is not None or tok.padding is not None:
+            tok = Tokenizer.from_str(tokenizer.to_str())
+            tok.no_truncation()
+            tok.no_padding()
         self.tokenizer = tok
         # words mode falls back to token windows of about the same length (~1.3 tokens per word)
         self.fallback_tokens = max(1, self.size * 4 // 3) if self.mode == "words" else self.size

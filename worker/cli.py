@@ -57,11 +57,14 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from worker.memory_budget import check
     from worker.settings import load_settings
-    from worker.supervisor import supervise
+    from worker.supervisor import parse_processes, supervise
 
     settings = load_settings()
-    return supervise(args.processes or settings.processes, settings)
+    processes = args.processes or settings.processes
+    check(settings, parse_processes(processes))  # settings whose peak cannot fit the memory limit: exit 2
+    return supervise(processes, settings)
 
 
 def _cmd_produce(args: argparse.Namespace) -> int:

@@ -62,7 +62,8 @@ def producer_config(s: Settings, on_error: Callable[[KafkaError], None]) -> dict
         "batch.size": 1048576,
         "compression.type": s.output.compression,
         "queue.buffering.max.messages": 200000,
-        "queue.buffering.max.kbytes": 262144,
+        # outputs awaiting acknowledgement, a bound on memory (worker.memory_budget): 64 MiB, room for two records
+        "queue.buffering.max.kbytes": producer_queue_kbytes(s),
         "message.max.bytes": max(s.input.max_bytes * 2, 1048576),
         "delivery.timeout.ms": 300000,
         "reconnect.backoff.max.ms": 5000,
@@ -75,6 +76,11 @@ def producer_config(s: Settings, on_error: Callable[[KafkaError], None]) -> dict
         conf.setdefault("transaction.timeout.ms", 60000)
         conf["delivery.timeout.ms"] = min(int(conf["delivery.timeout.ms"]), int(conf["transaction.timeout.ms"]))
     return conf
+
+
+def producer_queue_kbytes(s: Settings) -> int:
+    """The producer's queue.buffering.max.kbytes: 64 MiB, or two of the largest records where they are bigger."""
+    return max(65536, 2 * max(s.input.max_bytes * 2, 1048576) // 1024)
 
 
 def transactional_id(s: Settings) -> str:

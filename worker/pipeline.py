@@ -30,6 +30,7 @@ from worker.commits import Commits
 from worker.encoder import Encoder
 from worker.exits import EXIT_AUTH, EXIT_DELIVERY_FAILED, EXIT_FATAL, EXIT_OK, install_signal_handlers
 from worker.kafka_clients import consumer_config, producer_config
+from worker.memory_budget import input_parts
 from worker.metrics import Metrics
 from worker.offsets import OffsetTracker, PendingBatch, account
 from worker.outputs import OutputAssembler
@@ -313,7 +314,20 @@ class Pipeline:
         self.metrics.paused.set(len(parts))
 
     def process(self, msgs: list[Message]) -> None:
-        """Decode, encode and produce one micro-batch; register it with the offset tracker."""
+        """One consumed batch, in parts of at most `batch.max_kbytes` of input, each its own batch for the offset
+        tracker: what a part holds while encoded (texts, chunks, vectors, outputs) grows with its input, ~16x with
+        chunking, so it is bounded by it (worker.memory_budget); at most `max_in_flight_batches` await acks."""
+        b = self.s.batch
+        for i, part in enumerate(input_parts(msgs, b.max_kbytes * 1024)):
+            while i and len(self.tracker.pending) >= b.max_in_flight_batches and not self.stop_event.is_set():
+                self.producer.poll(0.05)
+                self._release()
+            if self.exit_code != EXIT_OK or not self._process_part(part):  # a failed delivery: store nothing past it
+                return  # exactly once: aborted (the consumer was rewound to this part) or fatal
+
+    def _process_part(self, msgs: list[Message]) -> bool:
+        """Decode, encode and produce one micro-batch; register it with the offset tracker. False when its
+        transaction did not commit."""
         m = self.metrics
         t0 = (time.perf_counter(), time.thread_time())
         real: list[Message] = []
@@ -324,7 +338,7 @@ class Pipeline:
             elif err.code() != KafkaError._PARTITION_EOF:
                 self._on_error(err)
         if not real:
-            return
+            return True
         n = len(real)
         values = [msg.value() for msg in real]
         keys = [msg.key() for msg in real]
@@ -375,12 +389,14 @@ class Pipeline:
                 self._produce(topic, out_key, out_value, headers, cb)
         self._lap("send", t3)
         if self.transactional:
-            if self.transactions.commit(batch, where) is Outcome.FATAL:
+            outcome = self.transactions.commit(batch, where)
+            if outcome is Outcome.FATAL:
                 self.exit_code = EXIT_FATAL
                 self.stop_event.set()
-            return
+            return outcome is Outcome.COMMITTED
         self.tracker.add(batch)
         self._serve_reports()
+        return True
 
     def _produce(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers,
                  cb: Callable[[KafkaError | None, Message], None]) -> None:

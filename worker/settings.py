@@ -286,6 +286,8 @@ class BatchSettings(BaseModel):
     max_in_flight_batches: int = Field(
         8, ge=1, description="Batches produced but not yet acknowledged before the loop waits for them."
     )
+    max_kbytes: int = Field(4096, ge=1, description="Input encoded at once: a batch holding more is processed in "
+                            "parts of at most this (one message at least); bounds its texts, chunks and outputs.")
 
 
 class MetricsSettings(BaseModel):
@@ -331,6 +333,8 @@ class Settings(BaseSettings):
         "1", pattern=r"^(auto|[1-9][0-9]*)$", description="Consumer processes (run --processes): N or auto."
     )
     shutdown_grace_s: float = Field(25.0, gt=0, le=600, description="SIGTERM: finish, flush, commit within this.")
+    memory_limit_mb: int | None = Field(None, ge=0, description="Memory of all processes; unset = the cgroup's "
+                                        "limit; 0 = no check. Start-up refuses settings whose peak cannot fit it.")
 
     @model_validator(mode="after")
     def _topics_differ(self) -> Settings:

@@ -198,6 +198,8 @@ class Supervisor:
         # each child's chunker takes it (shared, not copied).
         if self.settings.chunking.mode == "off" and self.loaded.encoder.release_reference():
             log.info("reference tokenizer released", extra={"model": self.loaded.name})
+        elif self.settings.chunking.mode != "off":  # loaded here (a stored verdict skipped it), not in each child
+            _ = self.loaded.encoder.tokenizer
         # Objects that exist now are never collected: the collector then never writes to their pages, so
         # they stay shared with the children.
         gc.freeze()
