@@ -11,12 +11,13 @@ The estimate (every term a bound the worker enforces, each constant calibrated b
 `tests/faults/test_memory_limit.py` on the gemma-like model in a memory cgroup; docs/reliability.md):
 
     pod = files + tokenizer + K x process (+ a supervisor's own memory when K > 1)
-    process = base + chunker's tokenizer + prefetch + batch + part + outputs in flight
+    process = base + prefetch + batch + part + outputs in flight (+ the fast path's piece cache where it runs)
 
 - files: the page cache a pod is charged for: the model's table, all of it (once it has touched every row), its
   tokenizer.json, the libraries;
 - tokenizer: the loaded tokenizer(s), a multiple of `tokenizer.json`'s size (it is loaded once per pod: the
-  children of `--processes K` share it copy-on-write); with chunking on, each process holds a copy of its own;
+  children of `--processes K` share it copy-on-write); with chunking on, the reference tokenizer too (the chunker's,
+  also loaded once and shared);
 - prefetch: librdkafka's queue (`EMBED_BATCH__MAX_PREFETCH_KBYTES`) plus the fetches on their way;
 - batch: what one `consume` returns, held as Python bytes: at most `MAX_MESSAGES` x `MAX_BYTES`, and no more
   than the prefetch it is taken from;

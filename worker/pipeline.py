@@ -8,10 +8,10 @@ the stored offsets are committed synchronously. A crash therefore repeats at mos
 batches plus the acknowledged ones not yet committed, which the loop keeps under `max_uncommitted_messages`
 by pausing while commits fail; it loses nothing.
 
-This module keeps the loop, the client callbacks (errors, statistics, rebalances), backpressure and
-shutdown; outputs are built in `worker.outputs`, offsets tracked in `worker.offsets`, exactly-once
-transactions run in `worker.transactions`, client properties live in `worker.kafka_clients`, exit codes
-and signal handlers in `worker.exits`.
+This module keeps the loop, the client callbacks (statistics, rebalances), backpressure and shutdown; outputs
+are built in `worker.outputs`, offsets tracked in `worker.offsets`, exactly-once transactions run in
+`worker.transactions`, client properties live in `worker.kafka_clients`, the error callback in
+`worker.client_errors`, exit codes and signal handlers in `worker.exits`.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import cast
 import numpy as np
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from worker.client_errors import ClientErrors
 from worker.codecs import Headers, InputDecoder, OutputRecord, Reason
 from worker.commits import Commits
 from worker.encoder import Encoder
@@ -54,6 +55,7 @@ class Pipeline:
         self.metrics = metrics
         self.health = health
         metrics.broker_up.set_function(lambda: 1.0 if health.broker_reachable() else 0.0)  # at scrape time
+        self._on_error = ClientErrors(metrics, health, self._stop_with)  # error_cb of both clients
         self.producer_conf = producer_config(settings, self._on_error)
         # what one record may weigh: the producer's message.max.bytes less room for the record's framing
         self.max_record = int(self.producer_conf["message.max.bytes"]) - 1024
@@ -72,7 +74,6 @@ class Pipeline:
         self._pause_stale = False
         self.lag_total = 0
         self._held: list[Message] = []
-        self._last_error_log: dict[str, float] = {}
         self.transactional = settings.processing_guarantee == ProcessingGuarantee.exactly_once
         self.commits = Commits(settings.kafka.commit_interval_ms, settings.kafka.max_uncommitted_messages, metrics)
         self.consumer = Consumer(consumer_config(settings, self._on_stats, self._on_error,
@@ -84,36 +85,8 @@ class Pipeline:
 
     # ---- callbacks (run inside consume/poll on the loop thread) ----
 
-    def _on_error(self, err: KafkaError) -> None:
-        kind = err.name().lower().lstrip("_") if err.name() else "unknown"
-        self.metrics.kafka_errors.labels(kind).inc()
-        # Not _TRANSPORT or _RESOLVE: those are one broker's connection (a cluster node gone, its disk full), while
-        # the others may serve; the statistics tell whether any broker is UP (issue 23: /readyz flapped to 503).
-        if err.code() == KafkaError._ALL_BROKERS_DOWN:
-            self.health.broker_up = False
-        if err.code() in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED,
-                          KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED,
-                          KafkaError.CLUSTER_AUTHORIZATION_FAILED):
-            self._auth_failed(err, kind)
-            return
-        if err.code() == KafkaError._SSL and "certificate verify failed" in err.str():
-            self._auth_failed(err, kind)  # a CA that does not sign the broker: no retry will fix it
-            return
-        if err.fatal():
-            log.error("fatal client error; stopping", extra={"error": err.str()})
-            self.exit_code = EXIT_FATAL
-            self.stop_event.set()
-            return
-        now = time.monotonic()
-        if now - self._last_error_log.get(kind, 0.0) > 10:  # a broker outage must not flood the log
-            self._last_error_log[kind] = now
-            log.warning("kafka client error (librdkafka retries with back-off)",
-                        extra={"error": err.str(), "code": kind})
-
-    def _auth_failed(self, err: KafkaError, kind: str) -> None:
-        log.error("authentication, authorization or TLS verification failed; check the SASL/SSL settings",
-                  extra={"error": err.str(), "code": kind})
-        self.exit_code = EXIT_AUTH
+    def _stop_with(self, code: int) -> None:
+        self.exit_code = code
         self.stop_event.set()
 
     def _on_stats(self, raw: str) -> None:
