@@ -10,6 +10,7 @@
 #                                iptables chains and rules, the bridge; restore the sysctls the kubelet set
 #   scripts/k8s-node.sh status   the daemons and what is left of them; the node and pods when it is up
 #   scripts/k8s-node.sh env      print `export KUBECONFIG=...` (the admin kubeconfig)
+#   scripts/k8s-node.sh ctr ...  ctr against the node's containerd, namespace k8s.io (images import FILE)
 #
 # Root only. Everything listens on the bridge's address (10.244.0.1, on cni0, created by `up`) or on
 # 127.0.0.1, nothing on the machine's own interfaces; a FORWARD rule rejects pod traffic towards any other
@@ -512,5 +513,6 @@ case "${1:-}" in
   down) down ;;
   status) status ;;
   env) echo "export KUBECONFIG=$S/admin.kubeconfig" ;;
-  *) echo "usage: $0 build|up|down|status|env" >&2; exit 2 ;;
+  ctr) shift; ctr_ "$@" ;;
+  *) echo "usage: $0 build|up|down|status|env|ctr ARGS..." >&2; exit 2 ;;
 esac
