@@ -47,6 +47,8 @@ SERVICE_CIDR=10.96.0.0/24
 SERVICE_IP=10.96.0.1
 COMMENT="embedstream-k8s-node"
 BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
+# containerd's shim sockets and runc state; the kubelet's device-plugin socket dir and container-log links
+OUTSIDE_PATHS=(/run/containerd /var/lib/kubelet /var/log/containers /var/log/pods /var/lib/cni)
 DAEMONS=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy)
 # sysctls the kubelet sets when protectKernelDefaults is false (it refuses to start when it is true and
 # they differ): saved by `up`, restored by `down`.
@@ -343,7 +345,9 @@ up() {
   local s
   for s in "${KUBELET_SYSCTLS[@]}"; do echo "$s=$(sysctl -n "$s")"; done > "$S/saved/sysctl"
   cni_netns > "$S/saved/netns"
-  [ -d /run/containerd ] && touch "$S/saved/run-containerd-existed"
+  # paths the daemons create outside the state dir whatever they are told; down removes the ones that
+  # were not there before (/run/netns only when empty)
+  for s in "${OUTSIDE_PATHS[@]}" /run/netns; do [ -e "$s" ] && echo "$s"; done > "$S/saved/paths"
   pki
   configs
   # the bridge, its address, and the rule that keeps pod traffic on this machine
@@ -484,7 +488,10 @@ down() {
   if [ -f "$S/saved/sysctl" ]; then
     while IFS= read -r kv; do sysctl -q -w "$kv" >/dev/null || say "could not restore $kv"; done < "$S/saved/sysctl"
   fi
-  [ -e "$S/saved/run-containerd-existed" ] || rm -rf /run/containerd
+  if [ -f "$S/saved/paths" ]; then
+    for p in "${OUTSIDE_PATHS[@]}"; do grep -qx "$p" "$S/saved/paths" || rm -rf "$p"; done
+    grep -qx /run/netns "$S/saved/paths" || rmdir /run/netns 2>/dev/null || true
+  fi
   rm -rf "${S:?}"/{pki,pids,saved,etcd,containerd,kubelet,cni,pod-logs} "$S"/*.kubeconfig "$S"/*.yaml
   say "down in $((SECONDS - t0))s (logs kept in $S/logs)"
 }
