@@ -396,6 +396,21 @@ up() {
   start kube-proxy "$bin/kube-proxy" --config="$S/kube-proxy.yaml"
 
   wait_for "node $NODE" 120 kc wait --for=condition=Ready "node/$NODE" --timeout=1s
+  # Run under `taskset -c LIST`, the pods get that cpuset too (the daemons inherit the affinity, but a task
+  # that joins a cpuset cgroup takes the cgroup's CPUs): the pods' cgroups copy it from kubepods.
+  local cpus all
+  cpus=$(awk '/^Cpus_allowed_list/{print $2}' /proc/self/status)
+  all=$(cat /sys/fs/cgroup/cpuset/cpuset.cpus 2>/dev/null || true)
+  if [ -n "$all" ] && [ "$cpus" != "$all" ] && [ -d /sys/fs/cgroup/cpuset/kubepods ]; then
+    find /sys/fs/cgroup/cpuset/kubepods -depth -type d | while read -r d; do echo "$cpus" > "$d/cpuset.cpus"; done
+    say "pods' cpuset: $cpus (this script's CPU affinity; the machine has $all)"
+  fi
+  # kube-proxy inserts its FORWARD jumps above ours (KUBE-FORWARD accepts marked packets): ours first again
+  # (kube-proxy only re-adds its jumps when they are missing, so this order holds)
+  iptables -D FORWARD -i "$BRIDGE" ! -o "$BRIDGE" -m comment --comment "$COMMENT" -j REJECT
+  iptables -I FORWARD -i "$BRIDGE" ! -o "$BRIDGE" -m comment --comment "$COMMENT" -j REJECT
+  # pods are refused until the controller-manager has made the namespace's service account
+  wait_for "service account default/default" 60 kc -n default get serviceaccount default
   say "up in $((SECONDS - t0))s; export KUBECONFIG=$S/admin.kubeconfig"
   kc get nodes -o wide >&2
 }
@@ -416,7 +431,7 @@ stop_pid() {  # name [seconds]
 our_shims() {  # containerd shims started by our containerd (its socket path is in their command line)
   local d
   for d in /proc/[0-9]*; do
-    tr '\0' ' ' < "$d/cmdline" 2>/dev/null | grep -q "containerd-shim.*-address $(sock) " && echo "${d#/proc/}"
+    { tr '\0' ' ' < "$d/cmdline"; } 2>/dev/null | grep -q "containerd-shim.*-address $(sock) " && echo "${d#/proc/}"
   done
   return 0
 }
