@@ -3,8 +3,9 @@
 # `helm install` with the gemma-like fixture mounted as the model (a hostPath PersistentVolume, model.source
 # pvc), the pod Ready through the chart's probes, N texts in and every id counted in the output; then
 # `kubectl delete pod` while texts flow: the pod's last log line is "stopped" with exit code 0, the replacement
-# becomes Ready, and every id of both batches is in the output.
-# Not yet here (issue 21): scale 1 -> 3 -> 1, helm upgrade under load, Prometheus
+# becomes Ready, and every id of both batches is in the output; then `kubectl scale` 1 -> 3 -> 1 while texts
+# flow (input topic of 3 partitions), every id of the three batches in the output.
+# Not yet here (issue 21): helm upgrade under load, Prometheus
 # kubernetes_sd, PDB/HPA. Slow (the node's first build is ~25-30 min): not in CI.
 #
 #   bash scripts/k8s-test.sh         (root; brings the node up and down itself)
@@ -173,6 +174,51 @@ c.close()
 ids = [orjson.loads(r.value)["id"] for r in records]
 missing = expected - set(ids)
 print(f"k8s-test: after the deletion: {len(records)} records, {len(set(ids))} distinct ids of {len(expected)}, "
+      f"{len(ids) - len(set(ids))} duplicates (at least once), {len(missing)} missing", file=sys.stderr)
+assert not missing, sorted(missing)[:10]
+PY
+
+# --- kubectl scale 1 -> 3 -> 1 while texts flow: partitions rebalance, nothing lost ----------------------------
+count3="${K8S_TEST_COUNT3:-6000}"
+.venv/bin/python - "$bootstrap" "k8s-in-$suffix" "$count3" > "$work/produce3.log" 2>&1 <<'PY' &
+import sys
+from worker.produce import produce_texts, sample_sentences
+print(produce_texts(sys.argv[1], sys.argv[2], sample_sentences(int(sys.argv[3]), seed=2), rate=200, id_prefix="scale"))
+PY
+prod_pid=$!
+sleep 3
+ts=$SECONDS
+kubectl -n "$ns" scale deploy/embedstream --replicas=3 >&2
+kubectl -n "$ns" rollout status deploy/embedstream --timeout=240s >&2
+say "scaled to 3: all Ready in $((SECONDS - ts))s; each pod's partition events 10 s later:"
+sleep 10
+for p in $(kubectl -n "$ns" get pods -l app.kubernetes.io/name=embedstream -o jsonpath='{.items[*].metadata.name}'); do
+  say "  $p (created $(kubectl -n "$ns" get pod "$p" -o jsonpath='{.metadata.creationTimestamp}')): $(kubectl -n "$ns" logs "$p" |
+    grep -E '"partitions (assigned|revoked)"' | sed 's/.*"msg":"//' | tr -d '"{}' | paste -sd ';' || true)"
+done
+ts=$SECONDS
+kubectl -n "$ns" scale deploy/embedstream --replicas=1 >&2
+for _ in $(seq 1 120); do
+  [ "$(kubectl -n "$ns" get pods -l app.kubernetes.io/name=embedstream --no-headers | wc -l)" = 1 ] && break
+  sleep 1
+done
+say "scaled back to 1 in $((SECONDS - ts))s: $(kubectl -n "$ns" get pods -l app.kubernetes.io/name=embedstream --no-headers | awk '{print $1, $2, $3}')"
+wait "$prod_pid" || { cat "$work/produce3.log" >&2; say "FAIL: producer"; exit 1; }
+say "produced $(tail -1 "$work/produce3.log") texts (ids scale-*) at 200/s during the scaling"
+.venv/bin/python - "$bootstrap" "k8s-out-$suffix" "$count" "$count2" "$count3" <<'PY'
+import sys
+sys.path.insert(0, "tests/integration")
+import orjson
+from kafkatools import Collector
+bootstrap, topic, n1, n2, n3 = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+expected = ({f"msg-{i}" for i in range(1, n1 + 1)} | {f"del-{i}" for i in range(1, n2 + 1)}
+            | {f"scale-{i}" for i in range(1, n3 + 1)})
+c = Collector(bootstrap, topic)
+records = c.poll_until(n1 + n2 + n3, timeout=240, settle=5)
+c.close()
+ids = [orjson.loads(r.value)["id"] for r in records]
+missing = expected - set(ids)
+print(f"k8s-test: after scaling 1 -> 3 -> 1: {len(records)} records, {len(set(ids))} distinct ids of {len(expected)}, "
       f"{len(ids) - len(set(ids))} duplicates (at least once), {len(missing)} missing", file=sys.stderr)
 assert not missing, sorted(missing)[:10]
 PY
