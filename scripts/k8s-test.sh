@@ -4,8 +4,9 @@
 # pvc), the pod Ready through the chart's probes, N texts in and every id counted in the output; then
 # `kubectl delete pod` while texts flow: the pod's last log line is "stopped" with exit code 0, the replacement
 # becomes Ready, and every id of both batches is in the output; then `kubectl scale` 1 -> 3 -> 1 while texts
-# flow (input topic of 3 partitions), every id of the three batches in the output.
-# Not yet here (issue 21): helm upgrade under load, Prometheus
+# flow (input topic of 3 partitions), every id of the three batches in the output; then `helm upgrade` (a
+# rolling update) while texts flow: the old pod stops with exit code 0, every id of the four batches arrives.
+# Not yet here (issue 21): Prometheus
 # kubernetes_sd, PDB/HPA. Slow (the node's first build is ~25-30 min): not in CI.
 #
 #   bash scripts/k8s-test.sh         (root; brings the node up and down itself)
@@ -219,6 +220,51 @@ c.close()
 ids = [orjson.loads(r.value)["id"] for r in records]
 missing = expected - set(ids)
 print(f"k8s-test: after scaling 1 -> 3 -> 1: {len(records)} records, {len(set(ids))} distinct ids of {len(expected)}, "
+      f"{len(ids) - len(set(ids))} duplicates (at least once), {len(missing)} missing", file=sys.stderr)
+assert not missing, sorted(missing)[:10]
+PY
+
+# --- helm upgrade (a rolling update: worker.batch.maxMessages 512 -> 256) while texts flow ------------------
+count4="${K8S_TEST_COUNT4:-3000}"
+old=$(kubectl -n "$ns" get pods -l app.kubernetes.io/name=embedstream -o jsonpath='{.items[0].metadata.name}')
+kubectl -n "$ns" logs -f "$old" > "$work/upgrade-old-pod.log" 2>&1 &
+logs_pid=$!
+.venv/bin/python - "$bootstrap" "k8s-in-$suffix" "$count4" > "$work/produce4.log" 2>&1 <<'PY' &
+import sys
+from worker.produce import produce_texts, sample_sentences
+print(produce_texts(sys.argv[1], sys.argv[2], sample_sentences(int(sys.argv[3]), seed=3), rate=300, id_prefix="upg"))
+PY
+prod_pid=$!
+sleep 3
+tu=$SECONDS
+"$HELM" upgrade embedstream helm/embedstream -n "$ns" --reuse-values --set worker.batch.maxMessages=256 \
+  --wait --timeout 5m >/dev/null
+kubectl -n "$ns" wait --for=delete "pod/$old" --timeout=120s >/dev/null 2>&1 || true
+wait "$logs_pid" || true
+new=$(kubectl -n "$ns" get pods -l app.kubernetes.io/name=embedstream -o jsonpath='{.items[*].metadata.name}')
+say "helm upgrade while texts flowed: $old replaced by $new in $((SECONDS - tu))s; EMBED_BATCH env now: $(kubectl -n "$ns" get pod "$new" -o jsonpath='{range .spec.containers[0].env[*]}{.name}={.value} {end}' | tr ' ' '\n' | grep -i 'MAX_MESSAGES' || true)"
+last=$(grep -v '^[[:space:]]*$' "$work/upgrade-old-pod.log" | tail -1)
+say "the old pod's last log line: $last"
+if ! grep -q '"stopped"' <<<"$last" || ! grep -q '"exit_code":0' <<<"${last// /}"; then
+  tail -20 "$work/upgrade-old-pod.log" >&2; say "FAIL: the old pod did not stop cleanly in the rolling update"; exit 1
+fi
+wait "$prod_pid" || { cat "$work/produce4.log" >&2; say "FAIL: producer"; exit 1; }
+say "produced $(tail -1 "$work/produce4.log") texts (ids upg-*) at 300/s during the upgrade"
+.venv/bin/python - "$bootstrap" "k8s-out-$suffix" "$count" "$count2" "$count3" "$count4" <<'PY'
+import sys
+sys.path.insert(0, "tests/integration")
+import orjson
+from kafkatools import Collector
+bootstrap, topic = sys.argv[1], sys.argv[2]
+n1, n2, n3, n4 = (int(a) for a in sys.argv[3:7])
+expected = ({f"msg-{i}" for i in range(1, n1 + 1)} | {f"del-{i}" for i in range(1, n2 + 1)}
+            | {f"scale-{i}" for i in range(1, n3 + 1)} | {f"upg-{i}" for i in range(1, n4 + 1)})
+c = Collector(bootstrap, topic)
+records = c.poll_until(n1 + n2 + n3 + n4, timeout=240, settle=5)
+c.close()
+ids = [orjson.loads(r.value)["id"] for r in records]
+missing = expected - set(ids)
+print(f"k8s-test: after the helm upgrade: {len(records)} records, {len(set(ids))} distinct ids of {len(expected)}, "
       f"{len(ids) - len(set(ids))} duplicates (at least once), {len(missing)} missing", file=sys.stderr)
 assert not missing, sorted(missing)[:10]
 PY
