@@ -6,6 +6,8 @@
 #
 #   scripts/image-test.sh                 (root; installs buildah podman runc debootstrap with apt when missing)
 #   IMAGE_TEST_BASE=localhost/python:3.11 scripts/image-test.sh     use this base image instead
+#   IMAGE_TEST_BUILD_ONLY=1 scripts/image-test.sh    build and check localhost/embedstream:image-test, run nothing
+#                                                    (scripts/k8s-test.sh imports that image into the node)
 #
 # The base: python:3.11-slim-bookworm when a registry answers, else a local Debian bookworm (debootstrap
 # --variant=minbase + python3, cached in ~/.cache/embedstream/image-base) imported with `buildah from scratch`.
@@ -107,6 +109,7 @@ health=$(podman image inspect --format '{{json .Config.Healthcheck}}' "$IMAGE")
 [ "$user" = "10001:10001" ] || { say "FAIL: image user is '$user', not 10001:10001"; exit 1; }
 [ "$health" != "null" ] && [ -n "$health" ] || { say "FAIL: the image has no HEALTHCHECK"; exit 1; }
 say "image user $user; healthcheck $health"
+if [ "${IMAGE_TEST_BUILD_ONLY:-0}" = 1 ]; then say "built only (IMAGE_TEST_BUILD_ONLY=1): $IMAGE"; exit 0; fi
 
 # --- broker, model, topics -------------------------------------------------------------------------------
 [ -x .venv/bin/python ] || { python3 -m venv .venv && .venv/bin/python -m pip install -q -e '.[test]'; }

@@ -1,0 +1,540 @@
+#!/usr/bin/env bash
+# A single real Kubernetes node on this machine, for issue 21 (not CI: the first build takes ~25-30 min).
+#
+#   scripts/k8s-node.sh build    build kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and
+#                                kube-proxy once (one `go build` from the Go module proxy) into the cache
+#   scripts/k8s-node.sh up       install missing Debian packages, then start etcd, the control plane,
+#                                containerd, the kubelet and kube-proxy; wait for the node to be Ready
+#   scripts/k8s-node.sh down     delete every pod, stop every daemon by its recorded PID, then remove what
+#                                they left: containers and shims, mounts, network namespaces, cgroups,
+#                                iptables chains and rules, the bridge; restore the sysctls the kubelet set
+#   scripts/k8s-node.sh status   the daemons and what is left of them; the node and pods when it is up
+#   scripts/k8s-node.sh env      print `export KUBECONFIG=...` (the admin kubeconfig)
+#   scripts/k8s-node.sh ctr ...  ctr against the node's containerd, namespace k8s.io (images import FILE)
+#
+# Root only. Everything listens on the bridge's address (10.244.0.1, on cni0, created by `up`) or on
+# 127.0.0.1, nothing on the machine's own interfaces; a FORWARD rule rejects pod traffic towards any other
+# interface. Pods reach the host (and a broker listening there) at 10.244.0.1. There is no cluster DNS:
+# use addresses or hostAliases.
+#
+# Environment: K8S_NODE_STATE (state dir, default ~/.cache/embedstream/k8s/state), K8S_NODE_NAME
+# (default embedstream-node), K8S_PORT_BASE (default 16000: etcd +379/+380, apiserver +443,
+# kubelet +250, its healthz +248, kube-proxy +249/+256, controller-manager +257, scheduler +259).
+#
+# Versions: Kubernetes v1.34.4 (1.35 refuses cgroup v1 by default), with Debian's containerd 1.6, runc 1.1,
+# containernetworking-plugins 1.1 and etcd 3.4. This machine lacks CAP_SYS_RESOURCE, so containerd runs with
+# restrict_oom_score_adj and the kubelet and kube-proxy with oomScoreAdj 0. cgroup v1, cgroupfs driver.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+K8S_VERSION=v1.34.4
+STAGING_VERSION=v0.34.4
+PAUSE_TAG=3.10.1
+PAUSE_IMAGE="registry.k8s.io/pause:$PAUSE_TAG"
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/embedstream/k8s/$K8S_VERSION"
+bin="$cache/bin"
+S="${K8S_NODE_STATE:-${XDG_CACHE_HOME:-$HOME/.cache}/embedstream/k8s/state}"
+NODE="${K8S_NODE_NAME:-embedstream-node}"
+base="${K8S_PORT_BASE:-16000}"
+ETCD_PORT=$((base + 379)) ETCD_PEER_PORT=$((base + 380)) API_PORT=$((base + 443))
+KUBELET_PORT=$((base + 250)) KUBELET_HEALTHZ_PORT=$((base + 248))
+PROXY_METRICS_PORT=$((base + 249)) PROXY_HEALTHZ_PORT=$((base + 256))
+CM_PORT=$((base + 257)) SCHED_PORT=$((base + 259))
+BRIDGE=cni0
+POD_CIDR=10.244.0.0/24
+NODE_IP=10.244.0.1
+SERVICE_CIDR=10.96.0.0/24
+SERVICE_IP=10.96.0.1
+COMMENT="embedstream-k8s-node"
+BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
+# containerd's shim sockets and runc state; the kubelet's device-plugin socket dir and container-log links
+OUTSIDE_PATHS=(/run/containerd /var/lib/kubelet /var/log/containers /var/log/pods /var/lib/cni)
+DAEMONS=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy)
+# sysctls the kubelet sets when protectKernelDefaults is false (it refuses to start when it is true and
+# they differ): saved by `up`, restored by `down`.
+KUBELET_SYSCTLS=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops
+  kernel.keys.root_maxkeys kernel.keys.root_maxbytes)
+
+say() { echo "k8s-node: $*" >&2; }
+die() { say "$*"; exit 1; }
+need_root() { [ "$(id -u)" = 0 ] || die "run as root"; }
+kc() { kubectl --kubeconfig "$S/admin.kubeconfig" "$@"; }
+sock() { echo "$S/containerd/containerd.sock"; }
+ctr_() { ctr --address "$(sock)" -n k8s.io "$@"; }
+alive() { local p; p=$(cat "$S/pids/$1.pid" 2>/dev/null) && [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
+
+# --- build -----------------------------------------------------------------------------------------------
+build() {
+  if [ -x "$bin/kubelet" ] && [ "$("$bin/kube-apiserver" --version 2>/dev/null)" = "Kubernetes $K8S_VERSION" ]; then
+    local b ok=1
+    for b in "${BINARIES[@]}"; do [ -x "$bin/$b" ] || ok=0; done
+    [ "$ok" = 1 ] && { say "binaries $K8S_VERSION already in $bin"; return 0; }
+  fi
+  command -v go >/dev/null || die "go is not installed"
+  local src="$cache/src" gomod m ld p
+  mkdir -p "$src" "$bin"
+  # The wrapper module: k8s.io/kubernetes itself, with every staging module (kubernetes' go.mod points
+  # them at ./staging, which a module download does not have) replaced by its published v0.x twin.
+  gomod=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')
+  [ -f "$gomod" ] || die "could not download k8s.io/kubernetes@$K8S_VERSION"
+  {
+    printf 'module embedstream.local/k8sbuild\n\ngo 1.24.0\n\ngodebug default=go1.24\n\n'
+    printf 'require k8s.io/kubernetes %s\n\nreplace (\n' "$K8S_VERSION"
+    # sample-* are examples nothing here imports (the proxy refuses sample-cli-plugin/sample-controller v0.34.4)
+    sed -n '/^replace (/,/^)/p' "$gomod" | awk '/=> \.\/staging/{print $1}' | grep -v '^k8s.io/sample-' |
+      while read -r m; do printf '\t%s => %s %s\n' "$m" "$m" "$STAGING_VERSION"; done
+    printf ')\n'
+  } > "$src/go.mod"
+  # Without these the servers report v0.0.0 (and Helm's kubeVersion checks fail).
+  ld="-s -w"
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=34 -X $p.gitTreeState=clean"
+  done
+  say "building ${BINARIES[*]} $K8S_VERSION into $bin (one go build; ~25-30 min on 2 idle cores)"
+  local t0=$SECONDS
+  (cd "$src" && GOFLAGS=-mod=mod CGO_ENABLED=0 nice -n 19 go build -trimpath -ldflags "$ld" -o "$bin/" \
+    "${BINARIES[@]/#/k8s.io/kubernetes/cmd/}")
+  say "built in $((SECONDS - t0))s: $("$bin/kube-apiserver" --version)"
+}
+
+# --- packages --------------------------------------------------------------------------------------------
+packages() {
+  local missing=() c pkg
+  for c in containerd:containerd runc:runc etcd:etcd-server iptables:iptables conntrack:conntrack \
+           socat:socat openssl:openssl kubectl:kubectl; do
+    command -v "${c%%:*}" >/dev/null || missing+=("${c#*:}")
+  done
+  [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] || missing+=(containernetworking-plugins)
+  for pkg in "${missing[@]}"; do
+    [ "$pkg" = kubectl ] && die "kubectl is missing (not in Debian bookworm); install one >= 1.32"
+  done
+  [ "${#missing[@]}" = 0 ] && return 0
+  say "apt-get install ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+}
+
+# --- the pause image, built from kubernetes' own pause.c ----------------------------------------------------
+pause_archive() {
+  local out="$cache/pause/pause-$PAUSE_TAG.tar"
+  [ -f "$out" ] && { echo "$out"; return 0; }
+  local modsrc w layer_sha config_sha
+  modsrc="$(go env GOMODCACHE)/k8s.io/kubernetes@$K8S_VERSION/build/pause/linux/pause.c"
+  [ -f "$modsrc" ] || go mod download "k8s.io/kubernetes@$K8S_VERSION"
+  w=$(mktemp -d)
+  mkdir -p "$w/rootfs" "$cache/pause"
+  gcc -Os -Wall -Werror -static -DVERSION="v$PAUSE_TAG-embedstream" -o "$w/rootfs/pause" "$modsrc"
+  strip "$w/rootfs/pause"
+  tar --numeric-owner --owner=0 --group=0 --mtime=@0 -C "$w/rootfs" -cf "$w/layer.tar" pause
+  layer_sha=$(sha256sum "$w/layer.tar" | cut -d' ' -f1)
+  cat > "$w/config.json" <<EOF
+{"architecture":"amd64","os":"linux","config":{"User":"65535:65535","Entrypoint":["/pause"]},"rootfs":{"type":"layers","diff_ids":["sha256:$layer_sha"]},"history":[{"created_by":"gcc -static pause.c (k8s.io/kubernetes@$K8S_VERSION build/pause/linux)"}]}
+EOF
+  config_sha=$(sha256sum "$w/config.json" | cut -d' ' -f1)
+  mv "$w/config.json" "$w/$config_sha.json"
+  mkdir -p "$w/$layer_sha" && mv "$w/layer.tar" "$w/$layer_sha/layer.tar"
+  printf '[{"Config":"%s.json","RepoTags":["%s"],"Layers":["%s/layer.tar"]}]\n' "$config_sha" "$PAUSE_IMAGE" "$layer_sha" > "$w/manifest.json"
+  tar -C "$w" -cf "$out.tmp" manifest.json "$config_sha.json" "$layer_sha"
+  mv "$out.tmp" "$out"
+  rm -rf "$w"
+  echo "$out"
+}
+
+# --- certificates and kubeconfigs --------------------------------------------------------------------------
+cert() {  # name CN O(or -) ext(client|server) [SANs]
+  local name=$1 cn=$2 o=$3 ext=$4 san=${5:-} subj pki="$S/pki"
+  subj="/CN=$cn"; [ "$o" != - ] && subj="/O=$o$subj"
+  openssl genrsa -out "$pki/$name.key" 2048 2>/dev/null
+  openssl req -new -key "$pki/$name.key" -subj "$subj" -out "$pki/$name.csr" 2>/dev/null
+  {
+    echo "basicConstraints=CA:FALSE"
+    echo "keyUsage=critical,digitalSignature,keyEncipherment"
+    if [ "$ext" = server ]; then echo "extendedKeyUsage=serverAuth"; echo "subjectAltName=$san"
+    else echo "extendedKeyUsage=clientAuth"; fi
+  } > "$pki/$name.ext"
+  openssl x509 -req -in "$pki/$name.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
+    -days 30 -sha256 -extfile "$pki/$name.ext" -out "$pki/$name.crt" 2>/dev/null
+  rm -f "$pki/$name.csr" "$pki/$name.ext"
+}
+
+kubeconfig() {  # file cert-name
+  local ca crt key
+  ca=$(base64 -w0 < "$S/pki/ca.crt"); crt=$(base64 -w0 < "$S/pki/$2.crt"); key=$(base64 -w0 < "$S/pki/$2.key")
+  cat > "$S/$1.kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: embedstream
+  cluster:
+    server: https://$NODE_IP:$API_PORT
+    certificate-authority-data: $ca
+users:
+- name: $2
+  user:
+    client-certificate-data: $crt
+    client-key-data: $key
+contexts:
+- name: embedstream
+  context: {cluster: embedstream, user: $2}
+current-context: embedstream
+EOF
+  chmod 600 "$S/$1.kubeconfig"
+}
+
+pki() {
+  local p="$S/pki"
+  mkdir -p "$p" && chmod 700 "$p"
+  openssl genrsa -out "$p/ca.key" 2048 2>/dev/null
+  openssl req -x509 -new -key "$p/ca.key" -subj "/CN=embedstream-k8s-node-ca" -days 30 -sha256 \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
+    -out "$p/ca.crt" 2>/dev/null
+  cert apiserver kube-apiserver - server \
+    "DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,DNS:localhost,IP:127.0.0.1,IP:$NODE_IP,IP:$SERVICE_IP"
+  cert apiserver-kubelet-client kube-apiserver-kubelet-client system:masters client
+  cert admin kubernetes-admin system:masters client
+  cert controller-manager system:kube-controller-manager - client
+  cert scheduler system:kube-scheduler - client
+  cert kubelet-client "system:node:$NODE" system:nodes client
+  cert kubelet "$NODE" - server "DNS:$NODE,DNS:localhost,IP:$NODE_IP,IP:127.0.0.1"
+  cert kube-proxy system:kube-proxy - client
+  openssl genrsa -out "$p/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$p/sa.key" -pubout -out "$p/sa.pub" 2>/dev/null
+  kubeconfig admin admin
+  kubeconfig controller-manager controller-manager
+  kubeconfig scheduler scheduler
+  kubeconfig kubelet kubelet-client
+  kubeconfig kube-proxy kube-proxy
+}
+
+# --- configuration files -----------------------------------------------------------------------------------
+configs() {
+  mkdir -p "$S/containerd" "$S/cni/net.d" "$S/cni/ipam" "$S/kubelet" "$S/pod-logs"
+  cat > "$S/containerd/config.toml" <<EOF
+version = 2
+root = "$S/containerd/root"
+state = "$S/containerd/state"
+oom_score = 0
+[grpc]
+  address = "$(sock)"
+[ttrpc]
+  address = ""
+[debug]
+  address = ""
+[metrics]
+  address = ""
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$S/containerd/opt"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "$PAUSE_IMAGE"
+  # no CAP_SYS_RESOURCE here: without this every sandbox fails in runc (oom_score_adj: Permission denied)
+  restrict_oom_score_adj = true
+  disable_apparmor = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$S/cni/net.d"
+EOF
+  # The bridge exists before the pods (up creates it with 10.244.0.1): isGateway false keeps the plugin
+  # from turning on net.ipv4.ip_forward; pods route through 10.244.0.1 all the same.
+  cat > "$S/cni/net.d/10-embedstream.conflist" <<EOF
+{
+  "cniVersion": "0.4.0",
+  "name": "embedstream",
+  "plugins": [
+    {
+      "type": "bridge", "bridge": "$BRIDGE", "isGateway": false, "ipMasq": false, "hairpinMode": true,
+      "ipam": {
+        "type": "host-local", "dataDir": "$S/cni/ipam",
+        "ranges": [[{"subnet": "$POD_CIDR", "gateway": "$NODE_IP"}]],
+        "routes": [{"dst": "0.0.0.0/0", "gw": "$NODE_IP"}]
+      }
+    }
+  ]
+}
+EOF
+  cat > "$S/kubelet/config.yaml" <<EOF
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: $NODE_IP
+port: $KUBELET_PORT
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: $KUBELET_HEALTHZ_PORT
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: true}
+  x509: {clientCAFile: $S/pki/ca.crt}
+authorization: {mode: Webhook}
+tlsCertFile: $S/pki/kubelet.crt
+tlsPrivateKeyFile: $S/pki/kubelet.key
+cgroupDriver: cgroupfs
+containerRuntimeEndpoint: unix://$(sock)
+oomScoreAdj: 0
+failSwapOn: false
+clusterDomain: cluster.local
+podLogsDirectory: $S/pod-logs
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard: {memory.available: 200Mi, nodefs.available: 2%, imagefs.available: 2%, nodefs.inodesFree: 1%}
+maxPods: 50
+EOF
+  cat > "$S/kube-proxy.yaml" <<EOF
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection: {kubeconfig: $S/kube-proxy.kubeconfig}
+mode: iptables
+hostnameOverride: $NODE
+clusterCIDR: $POD_CIDR
+bindAddress: 127.0.0.1
+healthzBindAddress: 127.0.0.1:$PROXY_HEALTHZ_PORT
+metricsBindAddress: 127.0.0.1:$PROXY_METRICS_PORT
+oomScoreAdj: 0
+nodePortAddresses: ["$NODE_IP/32"]
+# leave the machine's conntrack sysctls and route_localnet alone (shared machine)
+conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s, udpTimeout: 0s, udpStreamTimeout: 0s}
+iptables: {localhostNodePorts: false}
+EOF
+}
+
+# --- daemons -----------------------------------------------------------------------------------------------
+start() {  # name command...
+  local name=$1; shift
+  setsid "$@" > "$S/logs/$name.log" 2>&1 < /dev/null &
+  echo $! > "$S/pids/$name.pid"
+  say "started $name (pid $!)"
+}
+
+wait_for() {  # what seconds command...
+  local what=$1 secs=$2 i; shift 2
+  for ((i = 0; i < secs; i++)); do
+    "$@" >/dev/null 2>&1 && return 0
+    sleep 1
+  done
+  die "$what not ready after ${secs}s (logs in $S/logs)"
+}
+
+api_ready() {
+  curl -fsS --cacert "$S/pki/ca.crt" --cert "$S/pki/admin.crt" --key "$S/pki/admin.key" \
+    "https://$NODE_IP:$API_PORT/readyz"
+}
+
+port_free() { ! ss -Hltn "sport = :$1" | grep -q .; }
+
+up() {
+  need_root
+  local d p t0=$SECONDS
+  for d in "${DAEMONS[@]}"; do alive "$d" && die "$d is already running (pid $(cat "$S/pids/$d.pid")): down first"; done
+  for p in "$ETCD_PORT" "$ETCD_PEER_PORT" "$API_PORT" "$KUBELET_PORT" "$KUBELET_HEALTHZ_PORT" \
+           "$PROXY_METRICS_PORT" "$PROXY_HEALTHZ_PORT" "$CM_PORT" "$SCHED_PORT"; do
+    port_free "$p" || die "port $p is in use (set K8S_PORT_BASE)"
+  done
+  ip link show "$BRIDGE" >/dev/null 2>&1 && die "a $BRIDGE bridge already exists: down first, or someone else's"
+  build
+  packages
+  rm -rf "${S:?}"/{pki,pids,saved,etcd,containerd,kubelet,cni,pod-logs}
+  mkdir -p "$S/pids" "$S/logs" "$S/saved"
+  rm -f "$S"/logs/*.log
+  local s
+  for s in "${KUBELET_SYSCTLS[@]}"; do echo "$s=$(sysctl -n "$s")"; done > "$S/saved/sysctl"
+  cni_netns > "$S/saved/netns"
+  # paths the daemons create outside the state dir whatever they are told; down removes the ones that
+  # were not there before (/run/netns only when empty)
+  for s in "${OUTSIDE_PATHS[@]}" /run/netns; do [ -e "$s" ] && echo "$s"; done > "$S/saved/paths"
+  pki
+  configs
+  # the bridge, its address, and the rule that keeps pod traffic on this machine
+  ip link add "$BRIDGE" type bridge
+  ip addr add "$NODE_IP/24" dev "$BRIDGE"
+  ip link set "$BRIDGE" up
+  iptables -I FORWARD -i "$BRIDGE" ! -o "$BRIDGE" -m comment --comment "$COMMENT" -j REJECT
+
+  start etcd etcd --name embedstream --data-dir "$S/etcd" \
+    --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster "embedstream=http://127.0.0.1:$ETCD_PEER_PORT"
+  wait_for etcd 30 curl -fsS "http://127.0.0.1:$ETCD_PORT/health"
+
+  start kube-apiserver "$bin/kube-apiserver" --advertise-address="$NODE_IP" --bind-address="$NODE_IP" \
+    --secure-port="$API_PORT" --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
+    --service-cluster-ip-range="$SERVICE_CIDR" --client-ca-file="$S/pki/ca.crt" \
+    --tls-cert-file="$S/pki/apiserver.crt" --tls-private-key-file="$S/pki/apiserver.key" \
+    --kubelet-client-certificate="$S/pki/apiserver-kubelet-client.crt" \
+    --kubelet-client-key="$S/pki/apiserver-kubelet-client.key" --kubelet-certificate-authority="$S/pki/ca.crt" \
+    --kubelet-preferred-address-types=InternalIP \
+    --service-account-key-file="$S/pki/sa.pub" --service-account-signing-key-file="$S/pki/sa.key" \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction --allow-privileged=true \
+    --profiling=false
+  wait_for kube-apiserver 120 api_ready
+
+  start kube-controller-manager "$bin/kube-controller-manager" --kubeconfig="$S/controller-manager.kubeconfig" \
+    --authentication-kubeconfig="$S/controller-manager.kubeconfig" \
+    --authorization-kubeconfig="$S/controller-manager.kubeconfig" \
+    --bind-address=127.0.0.1 --secure-port="$CM_PORT" --leader-elect=false \
+    --cluster-signing-cert-file="$S/pki/ca.crt" --cluster-signing-key-file="$S/pki/ca.key" \
+    --root-ca-file="$S/pki/ca.crt" --service-account-private-key-file="$S/pki/sa.key" \
+    --use-service-account-credentials=true --cluster-cidr="$POD_CIDR" --service-cluster-ip-range="$SERVICE_CIDR" \
+    --profiling=false
+  start kube-scheduler "$bin/kube-scheduler" --kubeconfig="$S/scheduler.kubeconfig" \
+    --authentication-kubeconfig="$S/scheduler.kubeconfig" --authorization-kubeconfig="$S/scheduler.kubeconfig" \
+    --bind-address=127.0.0.1 --secure-port="$SCHED_PORT" --leader-elect=false --profiling=false
+
+  start containerd containerd --config "$S/containerd/config.toml"
+  wait_for containerd 30 ctr --address "$(sock)" version
+  ctr_ images import "$(pause_archive)" >&2
+
+  start kubelet "$bin/kubelet" --config="$S/kubelet/config.yaml" --kubeconfig="$S/kubelet.kubeconfig" \
+    --root-dir="$S/kubelet" --cert-dir="$S/kubelet/pki" --hostname-override="$NODE" --node-ip="$NODE_IP"
+  start kube-proxy "$bin/kube-proxy" --config="$S/kube-proxy.yaml"
+
+  wait_for "node $NODE" 120 kc wait --for=condition=Ready "node/$NODE" --timeout=1s
+  # Run under `taskset -c LIST`, the pods get that cpuset too (the daemons inherit the affinity, but a task
+  # that joins a cpuset cgroup takes the cgroup's CPUs): the pods' cgroups copy it from kubepods.
+  local cpus all
+  cpus=$(awk '/^Cpus_allowed_list/{print $2}' /proc/self/status)
+  all=$(cat /sys/fs/cgroup/cpuset/cpuset.cpus 2>/dev/null || true)
+  if [ -n "$all" ] && [ "$cpus" != "$all" ] && [ -d /sys/fs/cgroup/cpuset/kubepods ]; then
+    find /sys/fs/cgroup/cpuset/kubepods -depth -type d | while read -r d; do echo "$cpus" > "$d/cpuset.cpus"; done
+    say "pods' cpuset: $cpus (this script's CPU affinity; the machine has $all)"
+  fi
+  # kube-proxy inserts its FORWARD jumps above ours (KUBE-FORWARD accepts marked packets): ours first again
+  # (kube-proxy only re-adds its jumps when they are missing, so this order holds)
+  iptables -D FORWARD -i "$BRIDGE" ! -o "$BRIDGE" -m comment --comment "$COMMENT" -j REJECT
+  iptables -I FORWARD -i "$BRIDGE" ! -o "$BRIDGE" -m comment --comment "$COMMENT" -j REJECT
+  # pods are refused until the controller-manager has made the namespace's service account
+  wait_for "service account default/default" 60 kc -n default get serviceaccount default
+  say "up in $((SECONDS - t0))s; export KUBECONFIG=$S/admin.kubeconfig"
+  kc get nodes -o wide >&2
+}
+
+# --- down --------------------------------------------------------------------------------------------------
+stop_pid() {  # name [seconds]
+  local name=$1 secs=${2:-20} p i
+  p=$(cat "$S/pids/$name.pid" 2>/dev/null) || return 0
+  if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then
+    kill -TERM "$p" 2>/dev/null || true
+    for ((i = 0; i < secs * 5; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.2; done
+    if kill -0 "$p" 2>/dev/null; then say "$name (pid $p) ignored SIGTERM: SIGKILL"; kill -KILL "$p" 2>/dev/null || true; fi
+    say "stopped $name (pid $p)"
+  fi
+  rm -f "$S/pids/$name.pid"
+}
+
+our_shims() {  # containerd shims started by our containerd (its socket path is in their command line)
+  local d
+  for d in /proc/[0-9]*; do
+    { tr '\0' ' ' < "$d/cmdline"; } 2>/dev/null | grep -q "containerd-shim.*-address $(sock) " && echo "${d#/proc/}"
+  done
+  return 0
+}
+
+cni_netns() { local f; for f in /var/run/netns/cni-*; do [ -e "$f" ] && basename "$f"; done; return 0; }
+kubepods_cgroups() { find /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods -depth -type d 2>/dev/null || true; }
+
+remove_iptables() {
+  local ipt t chain
+  while iptables -D FORWARD -i "$BRIDGE" ! -o "$BRIDGE" -m comment --comment "$COMMENT" -j REJECT 2>/dev/null; do :; done
+  if [ -x "$bin/kube-proxy" ]; then "$bin/kube-proxy" --cleanup >/dev/null 2>&1 || true; fi
+  # what kube-proxy --cleanup leaves: the kubelet's KUBE-IPTABLES-HINT, KUBE-KUBELET-CANARY, KUBE-FIREWALL...
+  for ipt in iptables ip6tables; do
+    for t in filter nat mangle raw; do
+      for chain in $("$ipt" -t "$t" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^(KUBE-|CNI-)/ {print $2}'); do
+        "$ipt" -t "$t" -S 2>/dev/null | awk -v c="$chain" '$1 == "-A" && / -j / { for (i = 1; i <= NF; i++) if ($i == "-j" && $(i+1) == c) print }' |
+          while read -r rule; do
+            # shellcheck disable=SC2086  # a rule as iptables -S prints it, split on spaces on purpose
+            "$ipt" -t "$t" -D ${rule#-A } 2>/dev/null || true
+          done
+      done
+      for chain in $("$ipt" -t "$t" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^(KUBE-|CNI-)/ {print $2}'); do
+        "$ipt" -t "$t" -F "$chain" 2>/dev/null || true
+      done
+      for chain in $("$ipt" -t "$t" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^(KUBE-|CNI-)/ {print $2}'); do
+        "$ipt" -t "$t" -X "$chain" 2>/dev/null || true
+      done
+    done
+  done
+}
+
+down() {
+  need_root
+  local t0=$SECONDS p n d m
+  # 1. no new pods, then every pod deleted through the kubelet (graceful: SIGTERM, grace period)
+  stop_pid kube-controller-manager; stop_pid kube-scheduler
+  if alive kube-apiserver && alive kubelet; then
+    say "deleting every pod"
+    kc delete pods --all --all-namespaces --wait=true --timeout=90s >&2 || say "some pods did not go in 90s"
+  fi
+  stop_pid kube-proxy; stop_pid kubelet
+  # 2. whatever containers remain, then containerd and its shims
+  if alive containerd; then
+    for n in $(ctr_ tasks ls -q 2>/dev/null); do ctr_ tasks kill -s SIGKILL "$n" >/dev/null 2>&1 || true; done
+    sleep 1
+    for n in $(ctr_ tasks ls -q 2>/dev/null); do ctr_ tasks rm -f "$n" >/dev/null 2>&1 || true; done
+    for n in $(ctr_ containers ls -q 2>/dev/null); do ctr_ containers rm "$n" >/dev/null 2>&1 || true; done
+  fi
+  stop_pid containerd
+  for p in $(our_shims); do say "killing leftover shim $p"; kill -KILL "$p" 2>/dev/null || true; done
+  # 3. processes still in the pods' cgroups (none after the above, unless a shim died first)
+  for d in $(kubepods_cgroups); do
+    [ -f "$d/cgroup.procs" ] || continue
+    while read -r p; do say "killing leftover pod process $p"; kill -KILL "$p" 2>/dev/null || true; done < "$d/cgroup.procs"
+  done
+  stop_pid kube-apiserver; stop_pid etcd
+  # 4. mounts under the state dir (rootfs overlays, sandbox shm, pod volumes), deepest first
+  for m in $(findmnt -rn -o TARGET | grep "^$S/" | sort -r); do umount -l "$m" 2>/dev/null || say "could not unmount $m"; done
+  # 5. network namespaces containerd made (cni-*) that were not there before up
+  for n in $(cni_netns); do
+    grep -qx "$n" "$S/saved/netns" 2>/dev/null || { ip netns delete "$n" 2>/dev/null || umount -l "/var/run/netns/$n" 2>/dev/null; rm -f "/var/run/netns/$n"; }
+  done
+  # 6. cgroups, deepest first (a cgroup v1 directory goes with rmdir once it has no process)
+  sleep 0.5
+  for d in $(kubepods_cgroups); do rmdir "$d" 2>/dev/null || say "could not remove cgroup $d"; done
+  # 7. iptables, the bridge, sysctls
+  remove_iptables
+  ip link show "$BRIDGE" >/dev/null 2>&1 && ip link del "$BRIDGE"
+  if [ -f "$S/saved/sysctl" ]; then
+    while IFS= read -r kv; do sysctl -q -w "$kv" >/dev/null || say "could not restore $kv"; done < "$S/saved/sysctl"
+  fi
+  if [ -f "$S/saved/paths" ]; then
+    for p in "${OUTSIDE_PATHS[@]}"; do grep -qx "$p" "$S/saved/paths" || rm -rf "$p"; done
+    grep -qx /run/netns "$S/saved/paths" || rmdir /run/netns 2>/dev/null || true
+  fi
+  rm -rf "${S:?}"/{pki,pids,saved,etcd,containerd,kubelet,cni,pod-logs} "$S"/*.kubeconfig "$S"/*.yaml
+  say "down in $((SECONDS - t0))s (logs kept in $S/logs)"
+}
+
+# --- status ------------------------------------------------------------------------------------------------
+status() {
+  local d left=0 p
+  for d in "${DAEMONS[@]}"; do
+    if alive "$d"; then echo "$d: running (pid $(cat "$S/pids/$d.pid"))"; left=1; else echo "$d: not running"; fi
+  done
+  p=$(our_shims | tr '\n' ' '); [ -n "$p" ] && { echo "containerd shims: $p"; left=1; }
+  p=$(kubepods_cgroups | wc -l); echo "kubepods cgroups: $p"; [ "$p" = 0 ] || left=1
+  p=$(findmnt -rn -o TARGET | grep -c "^$S/" || true); echo "mounts under $S: $p"; [ "$p" = 0 ] || left=1
+  if ip link show "$BRIDGE" >/dev/null 2>&1; then echo "bridge $BRIDGE: present"; left=1; else echo "bridge $BRIDGE: absent"; fi
+  p=$( { iptables-save; ip6tables-save; } 2>/dev/null | grep -cE "KUBE-|CNI-|$COMMENT" || true)
+  echo "iptables lines with KUBE-/CNI-/$COMMENT: $p"; [ "$p" = 0 ] || left=1
+  p=$(cni_netns | wc -l); echo "cni-* network namespaces: $p"
+  if alive kube-apiserver; then kc get nodes -o wide; kc get pods -A -o wide; fi
+  [ "$left" = 0 ] && echo "nothing of the node is left"
+  return 0
+}
+
+case "${1:-}" in
+  build) build ;;
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  env) echo "export KUBECONFIG=$S/admin.kubeconfig" ;;
+  ctr) shift; ctr_ "$@" ;;
+  *) echo "usage: $0 build|up|down|status|env|ctr ARGS..." >&2; exit 2 ;;
+esac
