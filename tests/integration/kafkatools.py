@@ -7,6 +7,7 @@ A `Client` is a bootstrap address or a full librdkafka client configuration (SAS
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import socket
@@ -169,13 +170,14 @@ def committed_offsets(client: Client, group: str, topic: str, partitions: int) -
 
 
 def http_get(url: str) -> tuple[int, str]:
-    """(status, body) of a GET; status 0 when nothing answers."""
+    """(status, body) of a GET; status 0 when nothing answers, or the answer is cut off (a worker that stops by
+    itself, e.g. exit 5 on a wrong password, can exit in the middle of a /metrics response)."""
     try:
         with urllib.request.urlopen(url, timeout=5) as r:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
-    except OSError as e:
+    except (OSError, http.client.HTTPException) as e:
         return 0, str(e)
 
 
