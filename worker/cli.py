@@ -75,10 +75,10 @@ def _cmd_produce(args: argparse.Namespace) -> int:
     if args.file:
         with open(args.file, encoding="utf-8") as f:
             texts = [line.rstrip("\n") for line in f if line.strip()]
-        n = produce_texts(bootstrap, topic, iter(texts), fmt=args.format, rate=args.rate)
+        n = produce_texts(bootstrap, topic, iter(texts), fmt=args.format, rate=args.rate, id_prefix=args.id_prefix)
     else:
         n = produce_texts(bootstrap, topic, sample_sentences(args.count, seed=args.seed), fmt=args.format,
-                          rate=args.rate)
+                          rate=args.rate, id_prefix=args.id_prefix)
     print(f"produced {n} messages to {topic} on {bootstrap}", file=sys.stderr)
     return 0
 
@@ -107,6 +107,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
+    if args.dashboard_command == "check":
+        from worker.dashboard.check import main as check_main
+
+        return check_main(args)
     from worker.dashboard.render import main as render_main
 
     return render_main(args)
@@ -142,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--format", choices=["json", "text"], default="json")
     pr.add_argument("--rate", type=float, default=0.0, help="messages per second (0 = as fast as possible)")
     pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--id-prefix", default="msg", help="ids (and keys) are PREFIX-1 ... PREFIX-N (default msg)")
     pr.set_defaults(func=_cmd_produce)
 
     m = sub.add_parser("model", help="model folder tools")
@@ -164,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_render_arguments(dr)
     dr.set_defaults(func=_cmd_dashboard)
+    dc = dsub.add_parser("check", help="run every query against a Prometheus; exit 1 if one has no data")
+    from worker.dashboard.check import add_arguments as add_check_arguments
+
+    add_check_arguments(dc)
+    dc.set_defaults(func=_cmd_dashboard)
     return p
 
 

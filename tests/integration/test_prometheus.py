@@ -15,7 +15,8 @@ from prometheus_tools import require_tool
 from promserver import SCRAPE_INTERVAL_S, PrometheusServer
 
 from kafkatools import Collector, WorkerProcess, json_messages, produce, unique, wait_for
-from worker.dashboard.queries import has_data, load_dashboard, resolve_variables, substitute, targets
+from worker.dashboard.check import check_queries
+from worker.dashboard.queries import load_dashboard, targets
 from worker.dashboard.queries import panels as all_panels
 
 pytestmark = pytest.mark.integration
@@ -82,20 +83,13 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(bootstrap, to
         end = time.time()
 
         dashboard = load_dashboard(DASHBOARD)
-        variables = resolve_variables(dashboard, api)
+        variables, checks = check_queries(api, dashboard, start, end, SCRAPE_INTERVAL_S, width_points=10**6)
         assert variables == {"namespace": NAMESPACE, "job": JOB.replace(".", "\\\\.")}
-        step = SCRAPE_INTERVAL_S
-        empty, checked = [], 0
-        for target in targets(dashboard):
-            expr = substitute(target.expr, variables, step=step, scrape_interval=SCRAPE_INTERVAL_S)
-            assert "$" not in expr, expr
-            result = api.query(expr, at=end) if target.instant else api.query_range(expr, start, end, step)
-            checked += 1
-            if not has_data(result):
-                empty.append((target.panel["title"], expr))
-        unexpected = [(title, expr) for title, expr in empty if title not in MAY_BE_EMPTY]
+        assert all("$" not in c.expr for c in checks), [c.expr for c in checks if "$" in c.expr]
+        unexpected = [(c.title, c.expr) for c in checks if not c.has_data and c.title not in MAY_BE_EMPTY]
         assert unexpected == [], f"dashboard queries without data: {unexpected}"
-        assert checked == len(targets(dashboard)) >= 40
+        assert len(checks) == len(targets(dashboard)) >= 40
+        check_cli(prom.url, start, end)
 
         # The supervisor's two children are two series of the same pod, told apart by `process`.
         by_process = api.query(f'embedstream_assigned_partitions{{pod="embedstream-1", job="{JOB}"}}')
@@ -110,6 +104,22 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(bootstrap, to
         render_dashboard(prom.url, start, end, tmp_path)
     finally:
         stop_all(prom.stop, lambda: single.stop(timeout=60), lambda: supervisor.stop(timeout=60), collector.close)
+
+
+def check_cli(url: str, start: float, end: float) -> None:
+    """`python -m worker dashboard check`: the same queries, one line each; exit 0 only when every empty one is
+    in a panel passed with --may-be-empty."""
+    base = [sys.executable, "-m", "worker", "dashboard", "check", "--prometheus", url, "--dashboard", str(DASHBOARD),
+            "--start", f"{start:.0f}", "--end", f"{end:.0f}", "--scrape-interval", f"{SCRAPE_INTERVAL_S:g}s"]
+    allow = [arg for title in MAY_BE_EMPTY for arg in ("--may-be-empty", title)]
+    lenient = subprocess.run(base + allow, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert lenient.returncode == 0, lenient.stdout + lenient.stderr
+    lines = lenient.stdout.splitlines()
+    assert len(lines) == len(targets(load_dashboard(DASHBOARD))), lenient.stdout
+    allowed_empty = [line for line in lines if line.startswith("empty (allowed)")]
+    strict = subprocess.run(base, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert strict.returncode == (1 if allowed_empty else 0), strict.stdout + strict.stderr
+    assert strict.stdout.count("\nEMPTY") + strict.stdout.startswith("EMPTY") == len(allowed_empty)
 
 
 def render_dashboard(url: str, start: float, end: float, tmp_path: Path) -> None:
