@@ -1,37 +1,61 @@
 #!/usr/bin/env bash
-# The chart on a real node (issue 21), FIRST STEPS ONLY: node up, image imported, a broker the pods reach,
-# `helm install` with the gemma-like fixture mounted as the model (a hostPath PersistentVolume, model.source
-# pvc), the pod Ready through the chart's probes, N texts in and every id counted in the output; then
-# `kubectl delete pod` while texts flow: the pod's last log line is "stopped" with exit code 0, the replacement
-# becomes Ready, and every id of both batches is in the output; then `kubectl scale` 1 -> 3 -> 1 while texts
-# flow (input topic of 3 partitions), every id of the three batches in the output; then `helm upgrade` (a
-# rolling update) while texts flow: the old pod stops with exit code 0, every id of the four batches arrives.
-# A real Prometheus with kubernetes_sd_configs (role endpoints, selecting as the ServiceMonitor does) then
-# finds and scrapes the pod. Not yet here (issue 21): the dashboard's queries against it,
-# PDB/HPA. Slow (the node's first build is ~25-30 min): not in CI.
+# The chart on a real node (issue 21), end to end, counting every message. One command on a clean machine: it
+# builds what is missing (the node's Kubernetes binaries, ~45 min the first time; helm; Prometheus with the
+# Kubernetes service discovery; the image, from this checkout), brings the node up and a broker the pods
+# reach, and proves, in order:
+#   1. `helm install`, the gemma-like fixture mounted as the model (hostPath PersistentVolume, model.source
+#      pvc): the pod Ready through the chart's probes, running as 10001 with a read-only root; N texts and
+#      B invalid ones in: every id in the output (768-D), exactly B dead letters with their headers;
+#   2. `kubectl delete pod` while texts flow: the last log line is "stopped" with exit code 0;
+#   3. `kubectl scale` 1 -> 3 -> 1 while texts flow (3 partitions): the partitions move, nothing lost;
+#   4. `helm upgrade` (a rolling update) while texts flow: the old pod stops with exit code 0;
+#   5. a backlog the pod drains at full CPU for about a minute: it stays Ready, its liveness probe holds;
+#   6. PodDisruptionBudget and HPA switched on by `helm upgrade`: accepted; the PDB refuses an eviction; the
+#      HPA's status says why it cannot measure (no metrics API here); the KEDA ScaledObject is accepted by a
+#      server-side dry run against KEDA's own CRDs;
+#   7. a real Prometheus (kubernetes_sd_configs, role endpoints, selecting as the chart's ServiceMonitor
+#      does), running since step 1, scraped every pod; every query of the dashboard returns data
+#      (`embedstream dashboard check`) and the dashboard is drawn (`embedstream dashboard render`);
+#   8. over the whole run: no container restarted, no liveness probe failed.
+# Every id of every step is counted after it (at least once: duplicates are reported, missing ids fail).
+# Slow: not in CI.
 #
 #   bash scripts/k8s-test.sh         (root; brings the node up and down itself)
 #   K8S_TEST_KEEP=1 ...              leave the node, the release and the broker up at the end
-#   K8S_TEST_COUNT=N                 texts to send (default 2000)
+#   K8S_TEST_IMAGE=reuse             use the localhost/embedstream:image-test already built instead of
+#                                    building this checkout's
+#   K8S_TEST_COUNT=N                 texts of step 1 (default 2000; steps 2-4 send 3000, 6000, 3000)
+#   K8S_TEST_LOAD=N                  the backlog of step 5 (default 200000)
+#   K8S_TEST_DASHBOARD_PNG=F         copy the rendered dashboard to F
 #   K8S_TEST_KAFKA_PORT=P            the broker's host port (default 16092; P+1 controller, P+2 for pods)
+#   K8S_TEST_PROM_PORT=P             Prometheus' port on 127.0.0.1 (default 16090)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 say() { echo "k8s-test: $*" >&2; }
+fail() { say "FAIL: $*"; exit 1; }
 t0=$SECONDS
 NODE_IP=10.244.0.1
 IMAGE=localhost/embedstream:image-test
 K8S_IMAGE=localhost/embedstream:k8s-test
+KEDA_VERSION=v2.20.2  # v2.21 needs Go 1.27; only its CRDs are used
 ns=embedstream-k8s-test
 count="${K8S_TEST_COUNT:-2000}"
+bad=20
+load="${K8S_TEST_LOAD:-200000}"
 port="${K8S_TEST_KAFKA_PORT:-16092}"
 pod_port=$((port + 2))
+prom_port="${K8S_TEST_PROM_PORT:-16090}"
 suffix=$$
+in_topic="k8s-in-$suffix" out_topic="k8s-out-$suffix" dlq_topic="k8s-dlq-$suffix"
+bootstrap="127.0.0.1:$port"
 work="$(mktemp -d /tmp/embedstream-k8s-test.XXXXXX)"
 started_node=0
 started_broker=0
 prom_pid=""
+bg_pids=()
 cleanup() {
-  if [ -n "$prom_pid" ]; then kill "$prom_pid" 2>/dev/null || true; fi
+  local p
+  for p in "${bg_pids[@]}" $prom_pid; do kill "$p" 2>/dev/null || true; done
   if [ "${K8S_TEST_KEEP:-0}" = 1 ]; then say "K8S_TEST_KEEP=1: node, release and broker ($work/kafka) left up"; return; fi
   if [ "$started_broker" = 1 ]; then KAFKA_LOCAL_PORT="$port" KAFKA_LOCAL_DIR="$work/kafka" bash scripts/kafka-local.sh stop || true; fi
   if [ "$started_node" = 1 ]; then bash scripts/k8s-node.sh down || true; fi
@@ -40,11 +64,35 @@ cleanup() {
 trap cleanup EXIT
 [ "$(id -u)" = 0 ] || { say "run as root"; exit 1; }
 
+pods() { kubectl -n "$ns" get pods -l app.kubernetes.io/name=embedstream -o jsonpath='{.items[*].metadata.name}'; }
+# produce PREFIX COUNT RATE SEED [FORMAT]: texts with ids PREFIX-1..COUNT, in the background ($! is its PID)
+produce() {
+  .venv/bin/embedstream produce --bootstrap "$bootstrap" --topic "$in_topic" --id-prefix "$1" --count "$2" \
+    --rate "$3" --seed "$4" --format "${5:-json}" > "$work/produce-$1.log" 2>&1 &
+  bg_pids+=($!)
+}
+# produced PID PREFIX: wait for that producer (in this shell: a $(...) subshell cannot wait for it); its summary
+# line in $sent
+produced() { wait "$1" || { cat "$work/produce-$2.log" >&2; fail "producer $2"; }; sent=$(tail -1 "$work/produce-$2.log"); }
+count_ids() { .venv/bin/python scripts/k8s_ids.py "$bootstrap" "$out_topic" "$@" || fail "ids missing ($1)"; }
+# stopped_cleanly LOG WHAT: the pod's last log line is the worker's "stopped" with exit code 0
+stopped_cleanly() {
+  local last
+  last=$(grep -v '^[[:space:]]*$' "$1" | tail -1)
+  say "$2's last log line: $last"
+  if ! grep -q '"stopped"' <<<"$last" || ! grep -q '"exit_code":0' <<<"${last// /}"; then
+    tail -20 "$1" >&2; fail "$2 did not stop cleanly"
+  fi
+}
+
 # --- tools, venv, image ------------------------------------------------------------------------------------
 HELM="${HELM:-$(bash scripts/install-tools.sh)}"
+PROMETHEUS="${PROMETHEUS:-$(bash scripts/install-tools.sh prometheus)}"
 [ -x .venv/bin/python ] || { python3 -m venv .venv && .venv/bin/python -m pip install -q -e '.[test]'; }
-if ! command -v buildah >/dev/null || ! buildah inspect "$IMAGE" >/dev/null 2>&1; then
-  say "building $IMAGE (scripts/image-test.sh, build only)"
+if [ "${K8S_TEST_IMAGE:-}" = reuse ] && buildah inspect "$IMAGE" >/dev/null 2>&1; then
+  say "reusing $IMAGE (K8S_TEST_IMAGE=reuse), built $(buildah inspect -f '{{.FromImageCreated}}' "$IMAGE" 2>/dev/null || echo '?')"
+else
+  say "building $IMAGE from this checkout (scripts/image-test.sh, build only)"
   IMAGE_TEST_BUILD_ONLY=1 bash scripts/image-test.sh
 fi
 say "buildah push $IMAGE oci-archive"
@@ -59,7 +107,7 @@ eval "$(bash scripts/k8s-node.sh env)"
 export KUBECONFIG
 bash scripts/k8s-node.sh ctr images import --base-name localhost/embedstream "$work/image.tar" >&2
 bash scripts/k8s-node.sh ctr images ls -q | grep -x "$K8S_IMAGE" >/dev/null \
-  || { bash scripts/k8s-node.sh ctr images ls -q >&2; say "FAIL: $K8S_IMAGE not in the node's image store"; exit 1; }
+  || { bash scripts/k8s-node.sh ctr images ls -q >&2; fail "$K8S_IMAGE not in the node's image store"; }
 
 # --- broker: 127.0.0.1:port for this script, 10.244.0.1:port+2 for the pods --------------------------------
 cat > "$work/kafka.props" <<EOF
@@ -68,15 +116,14 @@ EOF
 started_broker=1
 KAFKA_LOCAL_PORT="$port" KAFKA_LOCAL_DIR="$work/kafka" KAFKA_LOCAL_EXTRA_PROPS="$work/kafka.props" \
   KAFKA_LOCAL_EXTRA_LISTENERS="PODS://$NODE_IP:$pod_port" bash scripts/kafka-local.sh start
-bootstrap="127.0.0.1:$port"
 
 # --- model (gemma-like fixture) and topics ---------------------------------------------------------------
-model=$(.venv/bin/python - "$bootstrap" "$suffix" <<'PY'
+model=$(.venv/bin/python - "$bootstrap" "$in_topic" "$out_topic" "$dlq_topic" <<'PY'
 import sys
 sys.path.insert(0, "tests/integration")
 from worker.bench.gemma import build_model
 from kafkatools import create_topics
-create_topics(sys.argv[1], [f"k8s-in-{sys.argv[2]}", f"k8s-out-{sys.argv[2]}", f"k8s-dlq-{sys.argv[2]}"], 3)
+create_topics(sys.argv[1], sys.argv[2:5], 3)
 print(build_model("float16", seed=0))
 PY
 )
@@ -105,188 +152,35 @@ spec:
   resources: {requests: {storage: 1Gi}}
 EOF
 
-# --- install -----------------------------------------------------------------------------------------------
+# --- 1. install; texts in, vectors out -----------------------------------------------------------------------
+chart_values=(--set image.repository=localhost/embedstream --set image.tag=k8s-test --set image.pullPolicy=Never
+  --set kafka.bootstrapServers="$NODE_IP:$pod_port" --set kafka.groupId="k8s-test-$suffix"
+  --set topics.input="$in_topic" --set topics.output="$out_topic" --set topics.dlq="$dlq_topic"
+  --set model.source=pvc --set model.pvc.claimName=model)
 ti=$SECONDS
 say "helm install (model.source=pvc, image $K8S_IMAGE, pullPolicy Never, broker $NODE_IP:$pod_port)"
-"$HELM" install embedstream helm/embedstream -n "$ns" --wait --timeout 5m \
-  --set image.repository=localhost/embedstream --set image.tag=k8s-test --set image.pullPolicy=Never \
-  --set kafka.bootstrapServers="$NODE_IP:$pod_port" --set kafka.groupId="k8s-test-$suffix" \
-  --set topics.input="k8s-in-$suffix" --set topics.output="k8s-out-$suffix" --set topics.dlq="k8s-dlq-$suffix" \
-  --set model.source=pvc --set model.pvc.claimName=model >&2 \
-  || { kubectl -n "$ns" get pods -o wide >&2; kubectl -n "$ns" describe pods >&2; kubectl -n "$ns" logs -l app.kubernetes.io/name=embedstream --tail=30 >&2 || true; say "FAIL: helm install"; exit 1; }
+"$HELM" install embedstream helm/embedstream -n "$ns" --wait --timeout 5m "${chart_values[@]}" >&2 \
+  || { kubectl -n "$ns" get pods -o wide >&2; kubectl -n "$ns" describe pods >&2; kubectl -n "$ns" logs -l app.kubernetes.io/name=embedstream --tail=30 >&2 || true; fail "helm install"; }
 kubectl -n "$ns" get pods -o wide >&2
 say "release installed and its pod Ready in $((SECONDS - ti))s"
-
-pod=$(kubectl -n "$ns" get pods -l app.kubernetes.io/name=embedstream -o jsonpath='{.items[0].metadata.name}')
+pod=$(pods)
 say "pod $pod runs as: $(kubectl -n "$ns" exec "$pod" -- python -c 'import os; print(os.getuid(), os.getgid())')"
-if kubectl -n "$ns" exec "$pod" -- python -c 'open("/opt/venv/x", "w")' 2>"$work/ro.err"; then say "FAIL: root filesystem writable"; exit 1; fi
+if kubectl -n "$ns" exec "$pod" -- python -c 'open("/opt/venv/x", "w")' 2>"$work/ro.err"; then fail "root filesystem writable"; fi
 say "root filesystem read-only: $(grep -m1 -o 'OSError.*' "$work/ro.err")"
 
-# --- texts in, vectors out ---------------------------------------------------------------------------------
-.venv/bin/embedstream produce --bootstrap "$bootstrap" --topic "k8s-in-$suffix" --count "$count" 2>&1 | tail -1 >&2
-.venv/bin/python - "$bootstrap" "k8s-out-$suffix" "$count" <<'PY'
-import sys
-sys.path.insert(0, "tests/integration")
-import orjson
-from kafkatools import Collector
-bootstrap, topic, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-c = Collector(bootstrap, topic)
-records = c.poll_until(count, timeout=180, settle=2)
-c.close()
-docs = [orjson.loads(r.value) for r in records]
-ids = {d["id"] for d in docs}
-dims = {len(d["embedding"]) for d in docs}
-print(f"k8s-test: read back {len(records)} embeddings, {len(ids)} distinct ids of {count}, dims {sorted(dims)}",
-      file=sys.stderr)
-assert len(ids) == count and dims == {768}, (len(ids), dims)
-PY
-
-# --- kubectl delete pod while texts flow: SIGTERM, drain, exit 0; the replacement takes over -----------------
-count2="${K8S_TEST_COUNT2:-3000}"
-grace=$(kubectl -n "$ns" get pod "$pod" -o jsonpath='{.spec.terminationGracePeriodSeconds}')
-kubectl -n "$ns" logs -f "$pod" > "$work/old-pod.log" 2>&1 &
-logs_pid=$!
-.venv/bin/python - "$bootstrap" "k8s-in-$suffix" "$count2" > "$work/produce2.log" 2>&1 <<'PY' &
-import sys
-from worker.produce import produce_texts, sample_sentences
-print(produce_texts(sys.argv[1], sys.argv[2], sample_sentences(int(sys.argv[3]), seed=1), rate=300, id_prefix="del"))
-PY
-prod_pid=$!
-sleep 4
-td=$SECONDS
-kubectl -n "$ns" delete pod "$pod" --wait=true --timeout=120s >&2
-say "pod $pod deleted while texts flowed: gone in $((SECONDS - td))s (terminationGracePeriodSeconds $grace)"
-wait "$logs_pid" || true
-last=$(grep -v '^[[:space:]]*$' "$work/old-pod.log" | tail -1)
-say "its last log line: $last"
-if ! grep -q '"stopped"' <<<"$last" || ! grep -q '"exit_code":0' <<<"${last// /}"; then
-  tail -20 "$work/old-pod.log" >&2; say "FAIL: the deleted pod did not stop cleanly"; exit 1
-fi
-kubectl -n "$ns" rollout status deploy/embedstream --timeout=180s >&2
-wait "$prod_pid" || { cat "$work/produce2.log" >&2; say "FAIL: producer"; exit 1; }
-say "replacement Ready; produced $(tail -1 "$work/produce2.log") more texts (ids del-*) at 300/s"
-.venv/bin/python - "$bootstrap" "k8s-out-$suffix" "$count" "$count2" <<'PY'
-import sys
-sys.path.insert(0, "tests/integration")
-import orjson
-from kafkatools import Collector
-bootstrap, topic, n1, n2 = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-expected = {f"msg-{i}" for i in range(1, n1 + 1)} | {f"del-{i}" for i in range(1, n2 + 1)}
-c = Collector(bootstrap, topic)
-records = c.poll_until(n1 + n2, timeout=180, settle=5)
-c.close()
-ids = [orjson.loads(r.value)["id"] for r in records]
-missing = expected - set(ids)
-print(f"k8s-test: after the deletion: {len(records)} records, {len(set(ids))} distinct ids of {len(expected)}, "
-      f"{len(ids) - len(set(ids))} duplicates (at least once), {len(missing)} missing", file=sys.stderr)
-assert not missing, sorted(missing)[:10]
-PY
-
-# --- kubectl scale 1 -> 3 -> 1 while texts flow: partitions rebalance, nothing lost ----------------------------
-count3="${K8S_TEST_COUNT3:-6000}"
-.venv/bin/python - "$bootstrap" "k8s-in-$suffix" "$count3" > "$work/produce3.log" 2>&1 <<'PY' &
-import sys
-from worker.produce import produce_texts, sample_sentences
-print(produce_texts(sys.argv[1], sys.argv[2], sample_sentences(int(sys.argv[3]), seed=2), rate=200, id_prefix="scale"))
-PY
-prod_pid=$!
-sleep 3
-ts=$SECONDS
-kubectl -n "$ns" scale deploy/embedstream --replicas=3 >&2
-kubectl -n "$ns" rollout status deploy/embedstream --timeout=240s >&2
-say "scaled to 3: all Ready in $((SECONDS - ts))s; each pod's partition events 10 s later:"
-sleep 10
-for p in $(kubectl -n "$ns" get pods -l app.kubernetes.io/name=embedstream -o jsonpath='{.items[*].metadata.name}'); do
-  say "  $p (created $(kubectl -n "$ns" get pod "$p" -o jsonpath='{.metadata.creationTimestamp}')): $(kubectl -n "$ns" logs "$p" |
-    grep -E '"partitions (assigned|revoked)"' | sed 's/.*"msg":"//' | tr -d '"{}' | paste -sd ';' || true)"
-done
-ts=$SECONDS
-kubectl -n "$ns" scale deploy/embedstream --replicas=1 >&2
-for _ in $(seq 1 120); do
-  [ "$(kubectl -n "$ns" get pods -l app.kubernetes.io/name=embedstream --no-headers | wc -l)" = 1 ] && break
-  sleep 1
-done
-say "scaled back to 1 in $((SECONDS - ts))s: $(kubectl -n "$ns" get pods -l app.kubernetes.io/name=embedstream --no-headers | awk '{print $1, $2, $3}')"
-wait "$prod_pid" || { cat "$work/produce3.log" >&2; say "FAIL: producer"; exit 1; }
-say "produced $(tail -1 "$work/produce3.log") texts (ids scale-*) at 200/s during the scaling"
-.venv/bin/python - "$bootstrap" "k8s-out-$suffix" "$count" "$count2" "$count3" <<'PY'
-import sys
-sys.path.insert(0, "tests/integration")
-import orjson
-from kafkatools import Collector
-bootstrap, topic, n1, n2, n3 = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-expected = ({f"msg-{i}" for i in range(1, n1 + 1)} | {f"del-{i}" for i in range(1, n2 + 1)}
-            | {f"scale-{i}" for i in range(1, n3 + 1)})
-c = Collector(bootstrap, topic)
-records = c.poll_until(n1 + n2 + n3, timeout=240, settle=5)
-c.close()
-ids = [orjson.loads(r.value)["id"] for r in records]
-missing = expected - set(ids)
-print(f"k8s-test: after scaling 1 -> 3 -> 1: {len(records)} records, {len(set(ids))} distinct ids of {len(expected)}, "
-      f"{len(ids) - len(set(ids))} duplicates (at least once), {len(missing)} missing", file=sys.stderr)
-assert not missing, sorted(missing)[:10]
-PY
-
-# --- helm upgrade (a rolling update: worker.batch.maxMessages 512 -> 256) while texts flow ------------------
-count4="${K8S_TEST_COUNT4:-3000}"
-old=$(kubectl -n "$ns" get pods -l app.kubernetes.io/name=embedstream -o jsonpath='{.items[0].metadata.name}')
-kubectl -n "$ns" logs -f "$old" > "$work/upgrade-old-pod.log" 2>&1 &
-logs_pid=$!
-.venv/bin/python - "$bootstrap" "k8s-in-$suffix" "$count4" > "$work/produce4.log" 2>&1 <<'PY' &
-import sys
-from worker.produce import produce_texts, sample_sentences
-print(produce_texts(sys.argv[1], sys.argv[2], sample_sentences(int(sys.argv[3]), seed=3), rate=300, id_prefix="upg"))
-PY
-prod_pid=$!
-sleep 3
-tu=$SECONDS
-"$HELM" upgrade embedstream helm/embedstream -n "$ns" --reuse-values --set worker.batch.maxMessages=256 \
-  --wait --timeout 5m >/dev/null
-kubectl -n "$ns" wait --for=delete "pod/$old" --timeout=120s >/dev/null 2>&1 || true
-wait "$logs_pid" || true
-new=$(kubectl -n "$ns" get pods -l app.kubernetes.io/name=embedstream -o jsonpath='{.items[*].metadata.name}')
-say "helm upgrade while texts flowed: $old replaced by $new in $((SECONDS - tu))s; EMBED_BATCH env now: $(kubectl -n "$ns" get pod "$new" -o jsonpath='{range .spec.containers[0].env[*]}{.name}={.value} {end}' | tr ' ' '\n' | grep -i 'MAX_MESSAGES' || true)"
-last=$(grep -v '^[[:space:]]*$' "$work/upgrade-old-pod.log" | tail -1)
-say "the old pod's last log line: $last"
-if ! grep -q '"stopped"' <<<"$last" || ! grep -q '"exit_code":0' <<<"${last// /}"; then
-  tail -20 "$work/upgrade-old-pod.log" >&2; say "FAIL: the old pod did not stop cleanly in the rolling update"; exit 1
-fi
-wait "$prod_pid" || { cat "$work/produce4.log" >&2; say "FAIL: producer"; exit 1; }
-say "produced $(tail -1 "$work/produce4.log") texts (ids upg-*) at 300/s during the upgrade"
-.venv/bin/python - "$bootstrap" "k8s-out-$suffix" "$count" "$count2" "$count3" "$count4" <<'PY'
-import sys
-sys.path.insert(0, "tests/integration")
-import orjson
-from kafkatools import Collector
-bootstrap, topic = sys.argv[1], sys.argv[2]
-n1, n2, n3, n4 = (int(a) for a in sys.argv[3:7])
-expected = ({f"msg-{i}" for i in range(1, n1 + 1)} | {f"del-{i}" for i in range(1, n2 + 1)}
-            | {f"scale-{i}" for i in range(1, n3 + 1)} | {f"upg-{i}" for i in range(1, n4 + 1)})
-c = Collector(bootstrap, topic)
-records = c.poll_until(n1 + n2 + n3 + n4, timeout=240, settle=5)
-c.close()
-ids = [orjson.loads(r.value)["id"] for r in records]
-missing = expected - set(ids)
-print(f"k8s-test: after the helm upgrade: {len(records)} records, {len(set(ids))} distinct ids of {len(expected)}, "
-      f"{len(ids) - len(set(ids))} duplicates (at least once), {len(missing)} missing", file=sys.stderr)
-assert not missing, sorted(missing)[:10]
-PY
-
-# --- a real Prometheus: kubernetes_sd_configs against this API server, selecting as the ServiceMonitor does --
-bash scripts/install-prometheus.sh
-node_state=$(dirname "$KUBECONFIG")
+# Prometheus from here on, so that the dashboard's queries at the end see every step. What the chart's
+# ServiceMonitor asks the operator for: endpoints of the Service with the release's selector labels, port
+# "metrics", path /metrics, job from the app.kubernetes.io/name label (jobLabel).
 cat > "$work/prometheus.yml" <<EOF
 global: {scrape_interval: 2s, evaluation_interval: 2s}
 scrape_configs:
-  # what the chart's ServiceMonitor asks the operator for: endpoints of the Service with the release's
-  # selector labels, port "metrics", path /metrics, job from the app.kubernetes.io/name label (jobLabel)
   - job_name: serviceMonitor/$ns/embedstream/0
     metrics_path: /metrics
     kubernetes_sd_configs:
       - role: endpoints
         api_server: https://$NODE_IP:$(( ${K8S_PORT_BASE:-16000} + 443 ))
         namespaces: {names: [$ns]}
-        tls_config: {ca_file: $node_state/pki/ca.crt, cert_file: $node_state/pki/admin.crt, key_file: $node_state/pki/admin.key}
+        tls_config: {ca_file: $(dirname "$KUBECONFIG")/pki/ca.crt, cert_file: $(dirname "$KUBECONFIG")/pki/admin.crt, key_file: $(dirname "$KUBECONFIG")/pki/admin.key}
     relabel_configs:
       - source_labels: [__meta_kubernetes_service_label_app_kubernetes_io_name, __meta_kubernetes_service_label_app_kubernetes_io_instance]
         regex: embedstream;embedstream
@@ -296,31 +190,163 @@ scrape_configs:
       - {source_labels: [__meta_kubernetes_pod_name], target_label: pod}
       - {source_labels: [__meta_kubernetes_service_label_app_kubernetes_io_name], target_label: job}
 EOF
-# Debian's prometheus 2.42.0+ds is built without the Kubernetes service discovery; PROMETHEUS/PROMTOOL name
-# binaries that have it (not built here yet).
-PROMETHEUS="${PROMETHEUS:-prometheus}"
-PROMTOOL="${PROMTOOL:-promtool}"
-if ! "$PROMTOOL" check config "$work/prometheus.yml" > "$work/promtool.out" 2>&1; then
-  cat "$work/promtool.out" >&2
-  say "FAIL: $("$PROMETHEUS" --version 2>&1 | head -1) cannot read kubernetes_sd_configs; set PROMETHEUS and PROMTOOL to a build with the Kubernetes service discovery"
-  exit 1
-fi
-prom_port="${K8S_TEST_PROM_PORT:-16090}"
 setsid "$PROMETHEUS" --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/prom" \
   --web.listen-address="127.0.0.1:$prom_port" > "$work/prometheus.log" 2>&1 < /dev/null &
 prom_pid=$!
+prom_start=$(date +%s)
 query() { curl -fsS --get "http://127.0.0.1:$prom_port/api/v1/query" --data-urlencode "query=$1"; }
 up_result=""
 for _ in $(seq 1 60); do
+  kill -0 "$prom_pid" 2>/dev/null || { tail -20 "$work/prometheus.log" >&2; fail "Prometheus exited"; }
   up_result=$(query 'up{job="embedstream"}' 2>/dev/null || true)
   if grep -q '"value":\[[0-9.]*,"1"\]' <<<"$up_result"; then break; fi
   sleep 1
 done
-say "Prometheus (kubernetes_sd, role endpoints): up{job=\"embedstream\"} = $up_result"
-if ! grep -q '"value":\[[0-9.]*,"1"\]' <<<"$up_result"; then
-  tail -20 "$work/prometheus.log" >&2; say "FAIL: Prometheus found no healthy pod target"; exit 1
-fi
+say "Prometheus $("$PROMETHEUS" --version 2>&1 | head -1 | awk '{print $3}') (kubernetes_sd, role endpoints): up{job=\"embedstream\"} = $up_result"
+grep -q '"value":\[[0-9.]*,"1"\]' <<<"$up_result" || { tail -20 "$work/prometheus.log" >&2; fail "Prometheus found no healthy pod target"; }
+
+produce msg "$count" 0 0; p1=$!
+produce bad "$bad" 0 9 text; p2=$!   # raw text where JSON is expected: dead letters (invalid_json)
+produced "$p1" msg; say "$sent"
+produced "$p2" bad; say "invalid: $sent"
+count_ids "step 1, install" "msg:$count" --dlq "$dlq_topic:$bad"
+
+# --- 2. kubectl delete pod while texts flow: SIGTERM, drain, exit 0; the replacement takes over -----------------
+count2=3000
+grace=$(kubectl -n "$ns" get pod "$pod" -o jsonpath='{.spec.terminationGracePeriodSeconds}')
+kubectl -n "$ns" logs -f "$pod" > "$work/old-pod.log" 2>&1 &
+logs_pid=$!
+produce del "$count2" 300 1; p=$!
+sleep 4
+td=$SECONDS
+kubectl -n "$ns" delete pod "$pod" --wait=true --timeout=120s >&2
+say "pod $pod deleted while texts flowed: gone in $((SECONDS - td))s (terminationGracePeriodSeconds $grace)"
+wait "$logs_pid" || true
+stopped_cleanly "$work/old-pod.log" "the deleted pod"
+kubectl -n "$ns" rollout status deploy/embedstream --timeout=180s >&2
+produced "$p" del
+say "replacement Ready; $sent (ids del-*, 300/s)"
+count_ids "step 2, after the deletion" "msg:$count" "del:$count2"
+
+# --- 3. kubectl scale 1 -> 3 -> 1 while texts flow: partitions rebalance, nothing lost ----------------------------
+count3=6000
+produce scale "$count3" 200 2; p=$!
 sleep 3
-say "Prometheus: sum(embedstream_messages_produced_total) = $(query 'sum(embedstream_messages_produced_total)' | grep -o '"value":\[[^]]*\]')"
+ts=$SECONDS
+kubectl -n "$ns" scale deploy/embedstream --replicas=3 >&2
+kubectl -n "$ns" rollout status deploy/embedstream --timeout=240s >&2
+say "scaled to 3: all Ready in $((SECONDS - ts))s; each pod's partition events 10 s later:"
+sleep 10
+for p3 in $(pods); do
+  say "  $p3 (created $(kubectl -n "$ns" get pod "$p3" -o jsonpath='{.metadata.creationTimestamp}')): $(kubectl -n "$ns" logs "$p3" |
+    grep -E '"partitions (assigned|revoked)"' | sed 's/.*"msg":"//' | tr -d '"{}' | paste -sd ';' || true)"
+done
+ts=$SECONDS
+kubectl -n "$ns" scale deploy/embedstream --replicas=1 >&2
+for _ in $(seq 1 120); do
+  [ "$(kubectl -n "$ns" get pods -l app.kubernetes.io/name=embedstream --no-headers | wc -l)" = 1 ] && break
+  sleep 1
+done
+say "scaled back to 1 in $((SECONDS - ts))s: $(kubectl -n "$ns" get pods -l app.kubernetes.io/name=embedstream --no-headers | awk '{print $1, $2, $3}')"
+produced "$p" scale
+say "$sent during the scaling (ids scale-*, 200/s)"
+count_ids "step 3, after scaling 1 -> 3 -> 1" "msg:$count" "del:$count2" "scale:$count3"
+
+# --- 4. helm upgrade (a rolling update: worker.batch.maxMessages 512 -> 256) while texts flow ------------------
+count4=3000
+old=$(pods)
+kubectl -n "$ns" logs -f "$old" > "$work/upgrade-old-pod.log" 2>&1 &
+logs_pid=$!
+produce upg "$count4" 300 3; p=$!
+sleep 3
+tu=$SECONDS
+"$HELM" upgrade embedstream helm/embedstream -n "$ns" --reuse-values --set worker.batch.maxMessages=256 \
+  --wait --timeout 5m >/dev/null
+kubectl -n "$ns" wait --for=delete "pod/$old" --timeout=120s >/dev/null 2>&1 || true
+wait "$logs_pid" || true
+pod=$(pods)
+say "helm upgrade while texts flowed: $old replaced by $pod in $((SECONDS - tu))s; $(kubectl -n "$ns" get pod "$pod" -o jsonpath='{range .spec.containers[0].env[*]}{.name}={.value} {end}' | tr ' ' '\n' | grep -i 'MAX_MESSAGES' || true)"
+stopped_cleanly "$work/upgrade-old-pod.log" "the old pod"
+produced "$p" upg
+say "$sent during the upgrade (ids upg-*, 300/s)"
+count_ids "step 4, after the helm upgrade" "msg:$count" "del:$count2" "scale:$count3" "upg:$count4"
+
+# --- 5. a backlog drained at full CPU: Ready throughout, the liveness probe holds ------------------------------
+tl=$SECONDS
+produce load "$load" 0 4; p=$!
+not_ready=0 polls=0
+while kill -0 "$p" 2>/dev/null || [ "$(query 'sum(embedstream_consumer_lag_sum_messages{job="embedstream"})' 2>/dev/null |
+    grep -o '"value":\[[^]]*\]' | grep -o '"[0-9.e+]*"\]' | tr -d '"]')" != 0 ]; do
+  ready=$(kubectl -n "$ns" get pod "$pod" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null || true)
+  polls=$((polls + 1)); [ "$ready" = True ] || not_ready=$((not_ready + 1))
+  [ $((SECONDS - tl)) -lt 900 ] || fail "the backlog of $load was not drained in 900 s"
+  sleep 2
+done
+produced "$p" load
+say "$sent as fast as the producer could (ids load-*); lag 0 after $((SECONDS - tl))s"
+say "pod $pod during the drain: Ready in $((polls - not_ready)) of $polls polls (every 2 s), restarts $(kubectl -n "$ns" get pod "$pod" -o jsonpath='{.status.containerStatuses[0].restartCount}')"
+say "Prometheus over the drain: $(query "max_over_time(sum(rate(embedstream_messages_produced_total{job=\"embedstream\"}[10s]))[$((SECONDS - tl))s:2s])" | grep -o '"value":\[[^]]*\]') msg/s at most, $(query "max_over_time(sum(rate(process_cpu_seconds_total{job=\"embedstream\"}[10s]))[$((SECONDS - tl))s:2s])" | grep -o '"value":\[[^]]*\]') CPU-seconds/s at most"
+[ "$not_ready" = 0 ] || fail "the pod was not Ready in $not_ready polls during the drain"
+count_ids "step 5, after the drain" "msg:$count" "del:$count2" "scale:$count3" "upg:$count4" "load:$load"
+
+# --- 6. PodDisruptionBudget, HPA, KEDA --------------------------------------------------------------------------
+"$HELM" upgrade embedstream helm/embedstream -n "$ns" --reuse-values --set podDisruptionBudget.enabled=true \
+  --set podDisruptionBudget.minAvailable=1 --set autoscaling.enabled=true --set autoscaling.maxReplicas=3 \
+  --wait --timeout 3m >/dev/null
+for _ in $(seq 1 30); do
+  [ "$(kubectl -n "$ns" get pdb embedstream -o jsonpath='{.status.observedGeneration}' 2>/dev/null)" != "" ] && break
+  sleep 1
+done
+say "PodDisruptionBudget: $(kubectl -n "$ns" get pdb embedstream -o jsonpath='minAvailable {.spec.minAvailable}, currentHealthy {.status.currentHealthy}, disruptionsAllowed {.status.disruptionsAllowed}')"
+pod=$(pods)
+printf '{"apiVersion":"policy/v1","kind":"Eviction","metadata":{"name":"%s","namespace":"%s"}}' "$pod" "$ns" > "$work/eviction.json"
+if kubectl create --raw "/api/v1/namespaces/$ns/pods/$pod/eviction" -f "$work/eviction.json" > "$work/eviction.out" 2>&1; then
+  fail "the eviction of the only pod went through despite minAvailable 1"
+fi
+say "eviction of $pod refused: $(grep -o 'Cannot evict[^"]*' "$work/eviction.out" | head -1 || cat "$work/eviction.out")"
+grep -q 'disruption budget' "$work/eviction.out" || fail "the eviction failed for another reason"
+for _ in $(seq 1 60); do
+  kubectl -n "$ns" get hpa embedstream -o jsonpath='{.status.conditions[?(@.type=="ScalingActive")].reason}' 2>/dev/null | grep -q . && break
+  sleep 1
+done
+say "HorizontalPodAutoscaler (cpu $(kubectl -n "$ns" get hpa embedstream -o jsonpath='{.spec.metrics[0].resource.target.averageUtilization}')%, 1-3): $(kubectl -n "$ns" get hpa embedstream -o jsonpath='{range .status.conditions[*]}{.type}={.status} ({.reason}: {.message}); {end}')"
+kubectl -n "$ns" get hpa embedstream -o jsonpath='{.status.conditions[?(@.type=="AbleToScale")].status}' | grep -qx True \
+  || fail "the HPA controller has not taken up the HPA"
+keda_dir=$(go mod download -json "github.com/kedacore/keda/v2@$KEDA_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')
+keda_crds=("$keda_dir"/config/crd/bases/keda.sh_*.yaml)
+kubectl apply --server-side -f "$keda_dir/config/crd/bases/" >/dev/null
+kubectl wait --for=condition=Established crd/scaledobjects.keda.sh --timeout=60s >/dev/null
+"$HELM" template embedstream helm/embedstream -n "$ns" "${chart_values[@]}" --set keda.enabled=true \
+  --show-only templates/keda-scaledobject.yaml > "$work/scaledobject.yaml"
+kubectl -n "$ns" apply --dry-run=server -f "$work/scaledobject.yaml" > "$work/keda.out" 2>&1 \
+  || { cat "$work/keda.out" >&2; fail "KEDA's CRD schema rejected the chart's ScaledObject"; }
+say "KEDA $KEDA_VERSION CRDs (${#keda_crds[@]}, from its Go module): $(cat "$work/keda.out")"
+kubectl delete -f "$keda_dir/config/crd/bases/" >/dev/null
+
+# --- 7. the dashboard's queries against the Prometheus that scraped every step --------------------------------
+prom_end=$(date +%s)
+prom_url="http://127.0.0.1:$prom_port"
+say "Prometheus targets now: $(curl -fsS "$prom_url/api/v1/targets?state=active" | grep -o '"health":"[a-z]*"' | sort | uniq -c | tr -s ' ' | paste -sd ',')"
+.venv/bin/embedstream dashboard check --prometheus "$prom_url" --start "$prom_start" --end "$prom_end" \
+  --scrape-interval 2s --may-be-empty "Kafka client errors by kind" > "$work/dashboard-check.out" \
+  || { cat "$work/dashboard-check.out" >&2; fail "dashboard queries without data"; }
+sed 's/^/k8s-test:   /' "$work/dashboard-check.out" | cut -c1-160 >&2
+.venv/bin/embedstream dashboard render --prometheus "$prom_url" --start "$prom_start" --end "$prom_end" \
+  --scrape-interval 2s -o "$work/dashboard.png"
+if [ -n "${K8S_TEST_DASHBOARD_PNG:-}" ]; then cp "$work/dashboard.png" "$K8S_TEST_DASHBOARD_PNG"; say "dashboard: $K8S_TEST_DASHBOARD_PNG"; fi
 kill "$prom_pid"; wait "$prom_pid" 2>/dev/null || true; prom_pid=""
-say "PASS (first steps) in $((SECONDS - t0))s"
+
+# --- 8. over the whole run: no restart, no liveness failure --------------------------------------------------
+restarts=$(kubectl -n "$ns" get pods -o jsonpath='{range .items[*]}{.status.containerStatuses[0].restartCount}{"\n"}{end}' |
+  awk '{n += $1} END {print n + 0}')
+# Probe failures as the kubelet reports them: Unhealthy events, "<Kind> probe failed: ..." (kept 1 h; the run
+# is shorter). Startup and readiness failures are expected while a pod loads its model and while it stops.
+kubectl -n "$ns" get events --field-selector reason=Unhealthy -o json | .venv/bin/python -c '
+import collections, json, sys
+n = collections.Counter()
+for e in json.load(sys.stdin)["items"]:
+    n[e["message"].split()[0]] += e.get("count") or (e.get("series") or {}).get("count") or 1
+print(" ".join(f"{k}={n[k]}" for k in ("Liveness", "Readiness", "Startup")))' > "$work/probe-failures.txt"
+say "probe failures over the run (Unhealthy events): $(cat "$work/probe-failures.txt"); restarts of the pods now running: $restarts"
+grep -q 'Liveness=0 ' "$work/probe-failures.txt" && [ "$restarts" = 0 ] || fail "a liveness probe failed or a container restarted"
+say "PASS in $((SECONDS - t0))s"
