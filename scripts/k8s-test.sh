@@ -275,8 +275,7 @@ count_ids "step 4, after the helm upgrade" "msg:$count" "del:$count2" "scale:$co
 tl=$SECONDS
 produce load "$load" 0 4; p=$!
 not_ready=0 polls=0
-while kill -0 "$p" 2>/dev/null || [ "$(query 'sum(embedstream_consumer_lag_sum_messages{job="embedstream"})' 2>/dev/null |
-    grep -o '"value":\[[^]]*\]' | grep -o '"[0-9.e+]*"\]' | tr -d '"]')" != 0 ]; do
+while kill -0 "$p" 2>/dev/null || [ "$(.venv/bin/python scripts/k8s_ids.py --lag "$bootstrap" "k8s-test-$suffix" "$in_topic")" != 0 ]; do
   ready=$(kubectl -n "$ns" get pod "$pod" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null || true)
   polls=$((polls + 1)); [ "$ready" = True ] || not_ready=$((not_ready + 1))
   [ $((SECONDS - tl)) -lt 900 ] || fail "the backlog of $load was not drained in 900 s"
@@ -315,7 +314,10 @@ kubectl -n "$ns" get hpa embedstream -o jsonpath='{.status.conditions[?(@.type==
 keda_dir=$(go mod download -json "github.com/kedacore/keda/v2@$KEDA_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')
 keda_crds=("$keda_dir"/config/crd/bases/keda.sh_*.yaml)
 kubectl apply --server-side -f "$keda_dir/config/crd/bases/" >/dev/null
-kubectl wait --for=condition=Established crd/scaledobjects.keda.sh --timeout=60s >/dev/null
+for _ in $(seq 1 60); do  # (kubectl wait fails at once while the CRD has no status yet)
+  [ "$(kubectl get crd scaledobjects.keda.sh -o jsonpath='{.status.conditions[?(@.type=="Established")].status}')" = True ] && break
+  sleep 1
+done
 "$HELM" template embedstream helm/embedstream -n "$ns" "${chart_values[@]}" --set keda.enabled=true \
   --show-only templates/keda-scaledobject.yaml > "$work/scaledobject.yaml"
 kubectl -n "$ns" apply --dry-run=server -f "$work/scaledobject.yaml" > "$work/keda.out" 2>&1 \

@@ -1,6 +1,7 @@
 """scripts/k8s-test.sh's count: every id sent so far is in the output topic, or the run fails.
 
     python scripts/k8s_ids.py BOOTSTRAP OUT_TOPIC WHEN PREFIX:COUNT... [--dlq TOPIC:N]
+    python scripts/k8s_ids.py --lag BOOTSTRAP GROUP TOPIC     the group's lag on the topic, as the broker has it
 
 Ids are `PREFIX-1 ... PREFIX-COUNT` (`embedstream produce --id-prefix`). Reads the output topic from the start
 (read_committed) until every expected id arrived, then 5 s more for late duplicates, or 240 s passed. Prints
@@ -19,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable
 
 import orjson
-from confluent_kafka import Consumer, Message
+from confluent_kafka import Consumer, Message, TopicPartition
 
 TIMEOUT_S, SETTLE_S = 240.0, 5.0
 
@@ -44,7 +45,26 @@ def read(bootstrap: str, topic: str, each: Callable[[Message], None], done: Call
         consumer.close()
 
 
+def lag(bootstrap: str, group: str, topic: str) -> int:
+    """Sum over the topic's partitions of end offset minus the group's committed offset (the start offset
+    where it has none): what the pods' own lag gauge reports only at its statistics interval."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+        total = 0
+        for tp in committed:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)
+            total += high - (tp.offset if tp.offset >= 0 else low)
+        return total
+    finally:
+        consumer.close()
+
+
 def main(argv: list[str]) -> int:
+    if argv[0] == "--lag":
+        print(lag(*argv[1:4]))
+        return 0
     dlq = None
     if "--dlq" in argv:
         i = argv.index("--dlq")
