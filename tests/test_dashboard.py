@@ -839,6 +839,15 @@ def test_required_panels_present(dashboard):
     assert {"row", "timeseries", "stat", "table"} <= types
 
 
+def test_fast_path_hit_ratio_says_off_rather_than_no_data(dashboard):
+    # With gigatoken (the image's default tokenizer) the fast path is off, hits and misses stay 0 and the ratio
+    # is NaN for every pod: the k8s run (issue 21) showed this panel as the one empty panel of a healthy
+    # deployment. It says so instead of "No data".
+    panel = next(p for p in all_panels(dashboard) if p.get("title") == "Fast-path cache hit ratio")
+    assert panel["fieldConfig"]["defaults"]["noValue"] == "fast path off"
+    assert "gigatoken" in panel["description"]
+
+
 # --- the checker itself must be able to fail -------------------------------------------------------------------
 
 
