@@ -111,7 +111,7 @@ class Renderer:
             drawn = False
         if not drawn:
             self.empty.append(title)
-            ax.text(0.5, 0.5, "No data", ha="center", va="center", fontsize=11, color="grey",
+            ax.text(0.5, 0.5, defaults.get("noValue") or "No data", ha="center", va="center", fontsize=11, color="grey",
                     transform=ax.transAxes)
 
     def timeseries(self, ax: Any, panel: dict[str, Any], unit: str, _: list[dict[str, Any]]) -> bool:
