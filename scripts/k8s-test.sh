@@ -16,7 +16,8 @@
 #   7. a real Prometheus (kubernetes_sd_configs, role endpoints, selecting as the chart's ServiceMonitor
 #      does), running since step 1, scraped every pod; every query of the dashboard returns data
 #      (`embedstream dashboard check`) and the dashboard is drawn (`embedstream dashboard render`);
-#   8. over the whole run: no container restarted, no liveness probe failed.
+#   8. over the whole run: no container restarted, no liveness probe failed (every probe failure listed).
+# At the end `k8s-node.sh down` and `k8s-node.sh status` (what is left of the node: nothing).
 # Every id of every step is counted after it (at least once: duplicates are reported, missing ids fail).
 # Slow: not in CI.
 #
@@ -58,7 +59,7 @@ cleanup() {
   for p in "${bg_pids[@]}" $prom_pid; do kill "$p" 2>/dev/null || true; done
   if [ "${K8S_TEST_KEEP:-0}" = 1 ]; then say "K8S_TEST_KEEP=1: node, release and broker ($work/kafka) left up"; return; fi
   if [ "$started_broker" = 1 ]; then KAFKA_LOCAL_PORT="$port" KAFKA_LOCAL_DIR="$work/kafka" bash scripts/kafka-local.sh stop || true; fi
-  if [ "$started_node" = 1 ]; then bash scripts/k8s-node.sh down || true; fi
+  if [ "$started_node" = 1 ]; then bash scripts/k8s-node.sh down || true; bash scripts/k8s-node.sh status || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -287,7 +288,7 @@ say "$sent as fast as the producer could (ids load-*); lag 0 after $((SECONDS - 
 say "pod $pod during the drain: Ready in $((polls - not_ready)) of $polls polls (every 2 s), restarts $(kubectl -n "$ns" get pod "$pod" -o jsonpath='{.status.containerStatuses[0].restartCount}')"
 # over_drain EXPR FORMAT: the largest value of EXPR (over the pods) during the drain
 over_drain() { value "max_over_time(($1)[$((SECONDS - tl))s:2s])" | xargs printf "$2"; }
-say "Prometheus over the drain, at most: $(over_drain 'sum(rate(embedstream_messages_produced_total{job="embedstream"}[10s]))' '%.0f') vectors/s, $(over_drain 'sum(rate(process_cpu_seconds_total{job="embedstream"}[10s]))' '%.2f') CPU-seconds/s, RSS $(over_drain 'max(process_resident_memory_bytes{job="embedstream"})' '%.0f' | numfmt --to=iec)B"
+say "Prometheus over the drain, at most: $(over_drain 'sum(rate(embedstream_messages_produced_total{job="embedstream"}[10s]))' '%.0f') vectors/s, $(over_drain 'sum(rate(process_cpu_seconds_total{job="embedstream"}[10s]))' '%.2f') CPU-seconds/s, RSS $(over_drain 'max(process_resident_memory_bytes{job="embedstream"})' '%.0f' | numfmt --to=iec-i --suffix=B)"
 [ "$not_ready" = 0 ] || fail "the pod was not Ready in $not_ready polls during the drain"
 count_ids "step 5, after the drain" "msg:$count" "del:$count2" "scale:$count3" "upg:$count4" "load:$load"
 
@@ -318,7 +319,7 @@ keda_dir=$(go mod download -json "github.com/kedacore/keda/v2@$KEDA_VERSION" | s
 keda_crds=("$keda_dir"/config/crd/bases/keda.sh_*.yaml)
 kubectl apply --server-side -f "$keda_dir/config/crd/bases/" >/dev/null
 for _ in $(seq 1 60); do  # (kubectl wait fails at once while the CRD has no status yet)
-  [ "$(kubectl get crd scaledobjects.keda.sh -o jsonpath='{.status.conditions[?(@.type=="Established")].status}')" = True ] && break
+  [ "$(kubectl get crd scaledobjects.keda.sh -o jsonpath='{.status.conditions[?(@.type=="Established")].status}' 2>/dev/null)" = True ] && break
   sleep 1
 done
 "$HELM" template embedstream helm/embedstream -n "$ns" "${chart_values[@]}" --set keda.enabled=true \
@@ -352,12 +353,20 @@ restarts=$(kubectl -n "$ns" get pods -o jsonpath='{range .items[*]}{.status.cont
   awk '{n += $1} END {print n + 0}')
 # Probe failures as the kubelet reports them: Unhealthy events, "<Kind> probe failed: ..." (kept 1 h; the run
 # is shorter). Startup and readiness failures are expected while a pod loads its model and while it stops.
-kubectl -n "$ns" get events --field-selector reason=Unhealthy -o json | .venv/bin/python -c '
+kubectl -n "$ns" get events --field-selector reason=Unhealthy -o json > "$work/events.json"
+.venv/bin/python - "$work/events.json" > "$work/probe-failures.txt" 2> "$work/probe-events.txt" <<'PY'
 import collections, json, sys
-n = collections.Counter()
-for e in json.load(sys.stdin)["items"]:
-    n[e["message"].split()[0]] += e.get("count") or (e.get("series") or {}).get("count") or 1
-print(" ".join(f"{k}={n[k]}" for k in ("Liveness", "Readiness", "Startup")))' > "$work/probe-failures.txt"
+n, seen = collections.Counter(), collections.defaultdict(list)
+for e in json.load(open(sys.argv[1]))["items"]:
+    count = e.get("count") or (e.get("series") or {}).get("count") or 1
+    n[e["message"].split()[0]] += count
+    when = f'{e.get("firstTimestamp") or ""}..{e.get("lastTimestamp") or ""}'
+    seen[e["message"][:90]].append(f'{e["involvedObject"]["name"]} x{count} {when}')
+print(" ".join(f"{k}={n[k]}" for k in ("Liveness", "Readiness", "Startup")))
+for message, where in seen.items():
+    print(f"  {message}: {'; '.join(where)}", file=sys.stderr)
+PY
 say "probe failures over the run (Unhealthy events): $(cat "$work/probe-failures.txt"); restarts of the pods now running: $restarts"
+sed 's/^/k8s-test: /' "$work/probe-events.txt" >&2
 grep -q 'Liveness=0 ' "$work/probe-failures.txt" && [ "$restarts" = 0 ] || fail "a liveness probe failed or a container restarted"
 say "PASS in $((SECONDS - t0))s"
