@@ -50,3 +50,21 @@ def test_units(value: float, unit: str, text: str) -> None:
 def test_legend() -> None:
     assert legend("{{pod}} p95", {"pod": "a"}) == "a p95"
     assert legend("__auto", {"__name__": "m", "x": "1"}) == 'm{x="1"}'
+
+
+def test_check_and_render_share_their_source_options() -> None:
+    import argparse
+
+    from worker.cli import build_parser
+    from worker.dashboard.options import parse_duration, source_from
+
+    for command in ("check", "render"):
+        args = build_parser().parse_args(["dashboard", command, "--prometheus", "http://p:9090", "--end", "1000",
+                                          "--range", "10m", "--scrape-interval", "2s", "--var", "job=a",
+                                          "--var", "job=b", "--var", "namespace=n"])
+        src = source_from(args)
+        assert (src.prom.url, src.start, src.end, src.scrape_interval) == ("http://p:9090", 400.0, 1000.0, 2.0)
+        assert src.chosen == {"job": ["a", "b"], "namespace": ["n"]}
+    assert parse_duration("250ms") == 0.25
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_duration("10 minutes")

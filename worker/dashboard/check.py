@@ -11,13 +11,11 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from worker.dashboard.options import add_source_arguments, source_from
 from worker.dashboard.queries import (
-    DEFAULT_DASHBOARD,
     Prometheus,
     PrometheusError,
     has_data,
@@ -54,32 +52,16 @@ def check_queries(prom: Prometheus, dashboard: dict[str, Any], start: float, end
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from worker.dashboard.render import parse_duration
-
-    p.add_argument("--prometheus", required=True, help="Prometheus base URL, e.g. http://127.0.0.1:9090")
-    p.add_argument("--dashboard", type=Path, default=DEFAULT_DASHBOARD,
-                   help=f"default {DEFAULT_DASHBOARD}")
-    p.add_argument("--start", type=float, help="unix time (default: --end minus --range)")
-    p.add_argument("--end", type=float, help="unix time (default: now)")
-    p.add_argument("--range", type=parse_duration, default=parse_duration("1h"), dest="span")
-    p.add_argument("--scrape-interval", type=parse_duration, default=parse_duration("15s"),
-                   help="the datasource's scrape interval, for $__rate_interval (default 15s)")
-    p.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
-                   help="pick a variable's value (repeat for several values); default as Grafana: All or first")
+    add_source_arguments(p)
     p.add_argument("--may-be-empty", action="append", default=[], metavar="TITLE",
                    help="a panel whose queries may return no data (repeat); others must have data")
 
 
 def main(args: argparse.Namespace) -> int:
-    end = args.end or time.time()
-    start = args.start or end - args.span
-    chosen: dict[str, list[str]] = {}
-    for item in args.var:
-        name, _, value = item.partition("=")
-        chosen.setdefault(name, []).append(value)
+    src = source_from(args)
     try:
-        variables, checks = check_queries(Prometheus(args.prometheus), load_dashboard(args.dashboard), start, end,
-                                          args.scrape_interval, chosen)
+        variables, checks = check_queries(src.prom, load_dashboard(src.dashboard), src.start, src.end,
+                                          src.scrape_interval, src.chosen)
     except (PrometheusError, FileNotFoundError, ValueError) as e:
         print(f"dashboard check: {e}", file=sys.stderr)
         return 1

@@ -12,13 +12,12 @@ import argparse
 import math
 import re
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from worker.dashboard.options import add_source_arguments, source_from
 from worker.dashboard.queries import (
-    DEFAULT_DASHBOARD,
     Prometheus,
     PrometheusError,
     has_data,
@@ -204,24 +203,9 @@ def render(prom: Prometheus, dashboard: dict[str, Any], output: Path, start: flo
     return renderer.empty
 
 
-def parse_duration(text: str) -> float:
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)", text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 15s, 1h)")
-    return float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--prometheus", required=True, help="Prometheus base URL, e.g. http://127.0.0.1:9090")
-    p.add_argument("--dashboard", type=Path, default=DEFAULT_DASHBOARD, help=f"default {DEFAULT_DASHBOARD}")
+    add_source_arguments(p)
     p.add_argument("-o", "--output", type=Path, default=Path("dashboard.png"))
-    p.add_argument("--start", type=float, help="unix time (default: --end minus --range)")
-    p.add_argument("--end", type=float, help="unix time (default: now)")
-    p.add_argument("--range", type=parse_duration, default=parse_duration("1h"), dest="span")
-    p.add_argument("--scrape-interval", type=parse_duration, default=parse_duration("15s"),
-                   help="the datasource's scrape interval, for $__rate_interval (default 15s)")
-    p.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
-                   help="pick a variable's value (repeat for several values); default as Grafana: All or first")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -230,15 +214,10 @@ def main(args: argparse.Namespace) -> int:
     except ImportError:
         print("dashboard render needs matplotlib: pip install 'embedstream[dashboard]'", file=sys.stderr)
         return 2
-    end = args.end or time.time()
-    start = args.start or end - args.span
-    chosen: dict[str, list[str]] = {}
-    for item in args.var:
-        name, _, value = item.partition("=")
-        chosen.setdefault(name, []).append(value)
+    src = source_from(args)
     try:
-        render(Prometheus(args.prometheus), load_dashboard(args.dashboard), args.output, start, end,
-               args.scrape_interval, chosen)
+        render(src.prom, load_dashboard(src.dashboard), args.output, src.start, src.end, src.scrape_interval,
+               src.chosen)
     except (PrometheusError, FileNotFoundError, ValueError) as e:
         print(f"dashboard render: {e}", file=sys.stderr)
         return 1
