@@ -3,8 +3,10 @@
 #
 #   scripts/k8s-node.sh build    build kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and
 #                                kube-proxy once (one `go build` from the Go module proxy) into the cache
+#                                and metrics-server (the resource metrics API the HPA reads)
 #   scripts/k8s-node.sh up       install missing Debian packages, then start etcd, the control plane,
-#                                containerd, the kubelet and kube-proxy; wait for the node to be Ready
+#                                containerd, the kubelet, kube-proxy and metrics-server (registered through
+#                                the API server's aggregation layer); wait for the node to be Ready
 #   scripts/k8s-node.sh down     delete every pod, stop every daemon by its recorded PID, then remove what
 #                                they left: containers and shims, mounts, network namespaces, cgroups,
 #                                iptables chains and rules, the bridge; restore the sysctls the kubelet set
@@ -19,7 +21,8 @@
 #
 # Environment: K8S_NODE_STATE (state dir, default ~/.cache/embedstream/k8s/state), K8S_NODE_NAME
 # (default embedstream-node), K8S_PORT_BASE (default 16000: etcd +379/+380, apiserver +443,
-# kubelet +250, its healthz +248, kube-proxy +249/+256, controller-manager +257, scheduler +259).
+# kubelet +250, its healthz +248, kube-proxy +249/+256, controller-manager +257, scheduler +259,
+# metrics-server +451).
 #
 # Versions: Kubernetes v1.34.4 (1.35 refuses cgroup v1 by default), with Debian's containerd 1.6, runc 1.1,
 # containernetworking-plugins 1.1 and etcd 3.4. This machine lacks CAP_SYS_RESOURCE, so containerd runs with
@@ -29,6 +32,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 K8S_VERSION=v1.34.4
 STAGING_VERSION=v0.34.4
+METRICS_SERVER_VERSION=v0.8.0
 PAUSE_TAG=3.10.1
 PAUSE_IMAGE="registry.k8s.io/pause:$PAUSE_TAG"
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/embedstream/k8s/$K8S_VERSION"
@@ -39,7 +43,7 @@ base="${K8S_PORT_BASE:-16000}"
 ETCD_PORT=$((base + 379)) ETCD_PEER_PORT=$((base + 380)) API_PORT=$((base + 443))
 KUBELET_PORT=$((base + 250)) KUBELET_HEALTHZ_PORT=$((base + 248))
 PROXY_METRICS_PORT=$((base + 249)) PROXY_HEALTHZ_PORT=$((base + 256))
-CM_PORT=$((base + 257)) SCHED_PORT=$((base + 259))
+CM_PORT=$((base + 257)) SCHED_PORT=$((base + 259)) MS_PORT=$((base + 451))
 BRIDGE=cni0
 POD_CIDR=10.244.0.0/24
 NODE_IP=10.244.0.1
@@ -49,7 +53,7 @@ COMMENT="embedstream-k8s-node"
 BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
 # containerd's shim sockets and runc state; the kubelet's device-plugin socket dir and container-log links
 OUTSIDE_PATHS=(/run/containerd /var/lib/kubelet /var/log/containers /var/log/pods /var/lib/cni)
-DAEMONS=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy)
+DAEMONS=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy metrics-server)
 # sysctls the kubelet sets when protectKernelDefaults is false (it refuses to start when it is true and
 # they differ): saved by `up`, restored by `down`.
 KUBELET_SYSCTLS=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops
@@ -65,6 +69,18 @@ alive() { local p; p=$(cat "$S/pids/$1.pid" 2>/dev/null) && [ -n "$p" ] && kill 
 
 # --- build -----------------------------------------------------------------------------------------------
 build() {
+  build_kubernetes
+  if [ -x "$bin/metrics-server" ] && "$bin/metrics-server" --version 2>/dev/null | grep -q "$METRICS_SERVER_VERSION"; then
+    return 0
+  fi
+  # Its go.mod has no replace directives: a plain go install (a few minutes; shares Kubernetes' libraries).
+  say "building metrics-server $METRICS_SERVER_VERSION into $bin"
+  CGO_ENABLED=0 GOBIN="$bin" nice -n 19 go install -trimpath \
+    -ldflags "-s -w -X k8s.io/client-go/pkg/version.gitVersion=$METRICS_SERVER_VERSION" \
+    "sigs.k8s.io/metrics-server/cmd/metrics-server@$METRICS_SERVER_VERSION"
+}
+
+build_kubernetes() {
   if [ -x "$bin/kubelet" ] && [ "$("$bin/kube-apiserver" --version 2>/dev/null)" = "Kubernetes $K8S_VERSION" ]; then
     local b ok=1
     for b in "${BINARIES[@]}"; do [ -x "$bin/$b" ] || ok=0; done
@@ -197,6 +213,10 @@ pki() {
   cert kubelet-client "system:node:$NODE" system:nodes client
   cert kubelet "$NODE" - server "DNS:$NODE,DNS:localhost,IP:$NODE_IP,IP:127.0.0.1"
   cert kube-proxy system:kube-proxy - client
+  # the aggregation layer: the API server proxies metrics.k8s.io to metrics-server with this certificate
+  # (--requestheader-allowed-names), the original user in X-Remote-* headers
+  cert front-proxy-client front-proxy-client - client
+  cert metrics-server metrics-server - server "DNS:metrics-server.kube-system.svc,IP:$NODE_IP"
   openssl genrsa -out "$p/sa.key" 2048 2>/dev/null
   openssl rsa -in "$p/sa.key" -pubout -out "$p/sa.pub" 2>/dev/null
   kubeconfig admin admin
@@ -326,6 +346,48 @@ api_ready() {
     "https://$NODE_IP:$API_PORT/readyz"
 }
 
+# metrics-server as a host process, registered as v1beta1.metrics.k8s.io: a selectorless Service in kube-system
+# whose Endpoints name this host's bridge address (--enable-aggregator-routing: the API server dials the endpoint,
+# no Service network needed). Its serving certificate and the kubelet's come from the node's CA, both verified.
+# It reads the kubelet's /metrics/resource with the admin credentials and checks the API server's proxied
+# requests against the requestheader CA (published in extension-apiserver-authentication).
+metrics_server() {
+  start metrics-server "$bin/metrics-server" --secure-port="$MS_PORT" --bind-address="$NODE_IP" \
+    --tls-cert-file="$S/pki/metrics-server.crt" --tls-private-key-file="$S/pki/metrics-server.key" \
+    --kubeconfig="$S/admin.kubeconfig" \
+    --authentication-kubeconfig="$S/admin.kubeconfig" --authorization-kubeconfig="$S/admin.kubeconfig" \
+    --kubelet-certificate-authority="$S/pki/ca.crt" --kubelet-preferred-address-types=InternalIP \
+    --kubelet-use-node-status-port \
+    --metric-resolution=15s
+  kc apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Service
+metadata: {name: metrics-server, namespace: kube-system}
+spec:
+  ports: [{name: https, port: 443, targetPort: $MS_PORT, protocol: TCP}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: metrics-server, namespace: kube-system}
+subsets:
+  - addresses: [{ip: $NODE_IP}]
+    ports: [{name: https, port: $MS_PORT, protocol: TCP}]
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata: {name: v1beta1.metrics.k8s.io}
+spec:
+  service: {name: metrics-server, namespace: kube-system, port: 443}
+  group: metrics.k8s.io
+  version: v1beta1
+  caBundle: $(base64 -w0 < "$S/pki/ca.crt")
+  groupPriorityMinimum: 100
+  versionPriority: 100
+EOF
+  wait_for "the metrics API (v1beta1.metrics.k8s.io Available)" 90 \
+    kc wait --for=condition=Available apiservice/v1beta1.metrics.k8s.io --timeout=1s
+}
+
 port_free() { ! ss -Hltn "sport = :$1" | grep -q .; }
 
 up() {
@@ -333,7 +395,7 @@ up() {
   local d p t0=$SECONDS
   for d in "${DAEMONS[@]}"; do alive "$d" && die "$d is already running (pid $(cat "$S/pids/$d.pid")): down first"; done
   for p in "$ETCD_PORT" "$ETCD_PEER_PORT" "$API_PORT" "$KUBELET_PORT" "$KUBELET_HEALTHZ_PORT" \
-           "$PROXY_METRICS_PORT" "$PROXY_HEALTHZ_PORT" "$CM_PORT" "$SCHED_PORT"; do
+           "$PROXY_METRICS_PORT" "$PROXY_HEALTHZ_PORT" "$CM_PORT" "$SCHED_PORT" "$MS_PORT"; do
     port_free "$p" || die "port $p is in use (set K8S_PORT_BASE)"
   done
   ip link show "$BRIDGE" >/dev/null 2>&1 && die "a $BRIDGE bridge already exists: down first, or someone else's"
@@ -372,7 +434,11 @@ up() {
     --service-account-key-file="$S/pki/sa.pub" --service-account-signing-key-file="$S/pki/sa.key" \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction --allow-privileged=true \
-    --profiling=false
+    --requestheader-client-ca-file="$S/pki/ca.crt" --requestheader-allowed-names=front-proxy-client \
+    --requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group \
+    --requestheader-extra-headers-prefix=X-Remote-Extra- \
+    --proxy-client-cert-file="$S/pki/front-proxy-client.crt" --proxy-client-key-file="$S/pki/front-proxy-client.key" \
+    --enable-aggregator-routing=true --profiling=false
   wait_for kube-apiserver 120 api_ready
 
   start kube-controller-manager "$bin/kube-controller-manager" --kubeconfig="$S/controller-manager.kubeconfig" \
@@ -411,6 +477,7 @@ up() {
   iptables -I FORWARD -i "$BRIDGE" ! -o "$BRIDGE" -m comment --comment "$COMMENT" -j REJECT
   # pods are refused until the controller-manager has made the namespace's service account
   wait_for "service account default/default" 60 kc -n default get serviceaccount default
+  metrics_server
   say "up in $((SECONDS - t0))s; export KUBECONFIG=$S/admin.kubeconfig"
   kc get nodes -o wide >&2
 }
@@ -467,7 +534,7 @@ down() {
   need_root
   local t0=$SECONDS p n d m
   # 1. no new pods, then every pod deleted through the kubelet (graceful: SIGTERM, grace period)
-  stop_pid kube-controller-manager; stop_pid kube-scheduler
+  stop_pid kube-controller-manager; stop_pid kube-scheduler; stop_pid metrics-server
   if alive kube-apiserver && alive kubelet; then
     say "deleting every pod"
     kc delete pods --all --all-namespaces --wait=true --timeout=90s >&2 || say "some pods did not go in 90s"
