@@ -1,7 +1,9 @@
 """The HTTP side: /metrics for Prometheus, /healthz for liveness, /readyz for readiness.
 
-Liveness fails only when the processing loop has stopped stepping while it has work (a stalled loop
-needs a restart; an idle one does not). Readiness needs the model loaded, a broker reachable and the
+Liveness fails while the model is still loading (so that a startupProbe on /healthz covers the load, and
+liveness applies only after it: a load that holds the interpreter can delay answers, and a probe timing out
+then must not count against a process that is only starting) and when the processing loop has stopped
+stepping while it has work (a stalled loop needs a restart; an idle one does not). Readiness needs the model loaded, a broker reachable and the
 group joined, and (avro/protobuf input) the schema registry answering. Only GET is served, requests are small,
 and nothing secret is ever in a response.
 """
@@ -39,6 +41,8 @@ class Health:
         self.has_work = has_work
 
     def live(self) -> tuple[bool, str]:
+        if not self.model_loaded:
+            return False, "starting: loading the model"
         idle = time.monotonic() - self.last_step
         if self.has_work and idle > self.stall_timeout_s:
             return False, f"stalled: no loop progress for {idle:.0f}s with work pending"
