@@ -3,9 +3,9 @@
 Liveness fails while the model is still loading (so that a startupProbe on /healthz covers the load, and
 liveness applies only after it: a load that holds the interpreter can delay answers, and a probe timing out
 then must not count against a process that is only starting) and when the processing loop has stopped
-stepping while it has work (a stalled loop needs a restart; an idle one does not). Readiness needs the model loaded, a broker reachable and the
-group joined, and (avro/protobuf input) the schema registry answering. Only GET is served, requests are small,
-and nothing secret is ever in a response.
+stepping while it has work (a stalled loop needs a restart; an idle one does not). Readiness needs the model
+loaded, a broker reachable and the group joined, and (avro/protobuf input) the schema registry answering. Only
+GET is served, requests are small, and nothing secret is ever in a response.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import sys
 
 import orjson
 import pytest
+
 from kafkatools import Collector
 
 pytestmark = pytest.mark.integration
