@@ -9,7 +9,6 @@ its panel was not allowed to be empty (`--may-be-empty TITLE`).
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +19,7 @@ from worker.dashboard.queries import (
     PrometheusError,
     has_data,
     load_dashboard,
+    panel_step,
     resolve_variables,
     substitute,
     targets,
@@ -42,7 +42,7 @@ def check_queries(prom: Prometheus, dashboard: dict[str, Any], start: float, end
     The step is the one a panel `width_points` wide would ask for, never below the scrape interval.
     """
     variables = resolve_variables(dashboard, prom, chosen)
-    step = max(scrape_interval, math.ceil((end - start) / width_points))
+    step = panel_step(start, end, scrape_interval, width_points)
     checks = []
     for target in targets(dashboard):
         expr = substitute(target.expr, variables, step=step, scrape_interval=scrape_interval)

@@ -131,6 +131,11 @@ def resolve_variables(dashboard: dict[str, Any], prom: Prometheus,
     return resolved
 
 
+def panel_step(start: float, end: float, scrape_interval: float, width_points: int) -> float:
+    """The step a panel `width_points` wide asks for over [start, end], never below the scrape interval."""
+    return max(scrape_interval, math.ceil((end - start) / width_points))
+
+
 def rate_interval(step: float, scrape_interval: float) -> float:
     interval = max(step, scrape_interval)
     return max(interval + scrape_interval, 4 * scrape_interval)

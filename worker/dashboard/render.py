@@ -22,6 +22,7 @@ from worker.dashboard.queries import (
     PrometheusError,
     has_data,
     load_dashboard,
+    panel_step,
     panels,
     resolve_variables,
     substitute,
@@ -78,7 +79,7 @@ class Renderer:
                  scrape_interval: float, width_points: int = 240) -> None:
         self.prom, self.variables, self.start, self.end = prom, variables, start, end
         self.scrape = scrape_interval
-        self.step = max(scrape_interval, math.ceil((end - start) / width_points))
+        self.step = panel_step(start, end, scrape_interval, width_points)
         self.empty: list[str] = []
 
     def expr(self, target: dict[str, Any]) -> str:
