@@ -30,18 +30,34 @@ def force_exit(reason: str = "shutdown exceeded the grace period; exiting") -> N
     os._exit(EXIT_FATAL)
 
 
-def install_signal_handlers(pipeline: Pipeline) -> None:
-    """SIGTERM/SIGINT: stop polling and shut down gracefully; a second signal exits at once."""
-    def handler(signum: int, frame: Any) -> None:
-        if pipeline.stop_event.is_set():
+class StopOnSignal:
+    """SIGTERM/SIGINT: stop polling and shut down gracefully; a second *signal* exits at once.
+
+    It counts signals, not stops: a pipeline that is already stopping by itself (an authentication error,
+    a failed delivery) and then gets its first SIGTERM (the supervisor stopping its processes) must still
+    end with its own exit code, not 130.
+    """
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.received = 0
+        self.watchdog: threading.Timer | None = None
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.received += 1
+        if self.received > 1:
             log.warning("second signal: exiting now")
             raise SystemExit(130)
         log.info("signal received; finishing the batch in flight", extra={"signal": signal.Signals(signum).name})
-        pipeline.stop()
+        self.pipeline.stop()
         # A watchdog: whatever blocks, the process is gone a little after the grace period.
-        timer = threading.Timer(pipeline.s.shutdown_grace_s + 2.0, force_exit)
-        timer.daemon = True
-        timer.start()
+        self.watchdog = threading.Timer(self.pipeline.s.shutdown_grace_s + 2.0, force_exit)
+        self.watchdog.daemon = True
+        self.watchdog.start()
 
+
+def install_signal_handlers(pipeline: Pipeline) -> StopOnSignal:
+    handler = StopOnSignal(pipeline)
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+    return handler

@@ -326,9 +326,16 @@ class Supervisor:
                 code = self._reap(c, block=True)
             codes.append(code or 0)
             c.pid = None
-        worst = max([self.exit_code, *[c for c in codes if c > 0]], default=0)
-        log.info("stopped", extra={"processes": self.k, "exit_code": worst})
-        return worst
+        code = supervisor_exit_code(self.exit_code, codes)
+        log.info("stopped", extra={"processes": self.k, "exit_code": code})
+        return code
+
+
+def supervisor_exit_code(cause: int, stopped: list[int]) -> int:
+    """The supervisor's exit code: the configuration error it stopped for, if any, else the worst of its
+    processes' codes. Codes of processes it stopped itself (130 from a second signal, say) are effects of
+    that cause, not the reason the worker ended."""
+    return cause or max([c for c in stopped if c > 0], default=0)
 
 
 def supervise(processes: str | int, settings: Settings) -> int:
