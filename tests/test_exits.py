@@ -57,3 +57,32 @@ def test_a_pipeline_stopping_by_itself_takes_the_first_signal_as_the_first():
 ])
 def test_the_supervisor_reports_the_cause_it_stopped_for(cause, stopped, expected):
     assert supervisor_exit_code(cause, stopped) == expected
+
+
+def test_a_process_that_ignores_sigterm_is_killed_and_the_supervisor_exits_fatal():
+    import subprocess
+    import sys
+    import time
+
+    from worker.exits import EXIT_OK
+    from worker.settings import Settings
+    from worker.supervisor import Supervisor
+
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, time, sys; "
+                                 "signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); "
+                                 "time.sleep(120)"], stdout=subprocess.PIPE)
+    polite = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        assert stubborn.stdout is not None and stubborn.stdout.readline() == b"up\n"  # SIGTERM ignored from here
+        sup = Supervisor(2, Settings(shutdown_grace_s=0.1), started_at=time.time())
+        sup.children[0].pid, sup.children[1].pid = polite.pid, stubborn.pid
+        t0 = time.monotonic()
+        assert sup._stop_all() == EXIT_FATAL  # not 0, as a process killed by SIGKILL (-9) used to count
+        assert 5.0 <= time.monotonic() - t0 < 30  # the grace period (+5 s), then SIGKILL
+        assert stubborn.poll() is not None and polite.poll() is not None
+        assert sup.exit_code == EXIT_OK
+    finally:
+        for p in (stubborn, polite):
+            if p.poll() is None:
+                p.kill()
+                p.wait()

@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from worker.exits import EXIT_FATAL
 from worker.probes import Health, serve
 from worker.settings import ProcessingGuarantee, Settings
 
@@ -323,7 +324,8 @@ class Supervisor:
                 log.error("process did not stop within the grace period; killing", extra={"pid": c.pid})
                 assert c.pid is not None
                 os.kill(c.pid, signal.SIGKILL)
-                code = self._reap(c, block=True)
+                self._reap(c, block=True)
+                code = EXIT_FATAL  # as the process's own watchdog would have exited (exits.force_exit)
             codes.append(code or 0)
             c.pid = None
         code = supervisor_exit_code(self.exit_code, codes)
