@@ -3,10 +3,11 @@
 #
 #   scripts/k8s-node.sh build    build kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and
 #                                kube-proxy once (one `go build` from the Go module proxy) into the cache
-#                                and metrics-server (the resource metrics API the HPA reads)
+#                                and metrics-server (the resource metrics API the HPA reads) and KEDA
+#                                (its operator and external metrics adapter: scaling on Kafka lag)
 #   scripts/k8s-node.sh up       install missing Debian packages, then start etcd, the control plane,
-#                                containerd, the kubelet, kube-proxy and metrics-server (registered through
-#                                the API server's aggregation layer); wait for the node to be Ready
+#                                containerd, the kubelet, kube-proxy, metrics-server and KEDA (both registered
+#                                through the API server's aggregation layer); wait for the node to be Ready
 #   scripts/k8s-node.sh down     delete every pod, stop every daemon by its recorded PID, then remove what
 #                                they left: containers and shims, mounts, network namespaces, cgroups,
 #                                iptables chains and rules, the bridge; restore the sysctls the kubelet set
@@ -15,18 +16,19 @@
 #   scripts/k8s-node.sh ctr ...  ctr against the node's containerd, namespace k8s.io (images import FILE)
 #
 # Root only. Everything listens on the bridge's address (10.244.0.1, on cni0, created by `up`) or on
-# 127.0.0.1, nothing on the machine's own interfaces; a FORWARD rule rejects pod traffic towards any other
+# 127.0.0.1, nothing on the machine's own interfaces (KEDA's adapter binds its metrics port everywhere: INPUT
+# rules admit only lo and the bridge there); a FORWARD rule rejects pod traffic towards any other
 # interface. Pods reach the host (and a broker listening there) at 10.244.0.1. There is no cluster DNS:
 # use addresses or hostAliases.
 #
 # Its parts: k8s-node/build.sh (what is built or installed once: binaries, packages, the pause image) and
-# k8s-node/files.sh (certificates, kubeconfigs, the daemons' configuration files); this file starts, stops
-# and reports the daemons.
+# k8s-node/files.sh (certificates, kubeconfigs, the daemons' configuration files), k8s-node/keda.sh (KEDA's
+# build and start); this file starts, stops and reports the daemons.
 #
 # Environment: K8S_NODE_STATE (state dir, default ~/.cache/embedstream/k8s/state), K8S_NODE_NAME
 # (default embedstream-node), K8S_PORT_BASE (default 16000: etcd +379/+380, apiserver +443,
 # kubelet +250, its healthz +248, kube-proxy +249/+256, controller-manager +257, scheduler +259,
-# metrics-server +451).
+# metrics-server +451, KEDA +452..+456).
 #
 # Versions: Kubernetes v1.34.4 (1.35 refuses cgroup v1 by default), with Debian's containerd 1.6, runc 1.1,
 # containernetworking-plugins 1.1 and etcd 3.4. This machine lacks CAP_SYS_RESOURCE, so containerd runs with
@@ -37,6 +39,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 K8S_VERSION=v1.34.4
 STAGING_VERSION=v0.34.4
 METRICS_SERVER_VERSION=v0.8.0
+KEDA_VERSION=v2.20.2  # v2.21 needs Go 1.27.4
 PAUSE_TAG=3.10.1
 PAUSE_IMAGE="registry.k8s.io/pause:$PAUSE_TAG"
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/embedstream/k8s/$K8S_VERSION"
@@ -48,6 +51,8 @@ ETCD_PORT=$((base + 379)) ETCD_PEER_PORT=$((base + 380)) API_PORT=$((base + 443)
 KUBELET_PORT=$((base + 250)) KUBELET_HEALTHZ_PORT=$((base + 248))
 PROXY_METRICS_PORT=$((base + 249)) PROXY_HEALTHZ_PORT=$((base + 256))
 CM_PORT=$((base + 257)) SCHED_PORT=$((base + 259)) MS_PORT=$((base + 451))
+KEDA_API_PORT=$((base + 452)) KEDA_GRPC_PORT=$((base + 453)) KEDA_OPERATOR_METRICS_PORT=$((base + 454))
+KEDA_OPERATOR_HEALTH_PORT=$((base + 455)) KEDA_ADAPTER_METRICS_PORT=$((base + 456))
 BRIDGE=cni0
 POD_CIDR=10.244.0.0/24
 NODE_IP=10.244.0.1
@@ -57,7 +62,8 @@ COMMENT="embedstream-k8s-node"
 BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
 # containerd's shim sockets and runc state; the kubelet's device-plugin socket dir and container-log links
 OUTSIDE_PATHS=(/run/containerd /var/lib/kubelet /var/log/containers /var/log/pods /var/lib/cni)
-DAEMONS=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy metrics-server)
+DAEMONS=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy metrics-server
+  keda-operator keda-adapter)
 # sysctls the kubelet sets when protectKernelDefaults is false (it refuses to start when it is true and
 # they differ): saved by `up`, restored by `down`.
 KUBELET_SYSCTLS=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops
@@ -75,6 +81,8 @@ alive() { local p; p=$(cat "$S/pids/$1.pid" 2>/dev/null) && [ -n "$p" ] && kill 
 source scripts/k8s-node/build.sh
 # shellcheck source=SCRIPTDIR/k8s-node/files.sh
 source scripts/k8s-node/files.sh
+# shellcheck source=SCRIPTDIR/k8s-node/keda.sh
+source scripts/k8s-node/keda.sh
 
 # --- daemons -----------------------------------------------------------------------------------------------
 start() {  # name command...
@@ -147,13 +155,14 @@ up() {
   local d p t0=$SECONDS
   for d in "${DAEMONS[@]}"; do alive "$d" && die "$d is already running (pid $(cat "$S/pids/$d.pid")): down first"; done
   for p in "$ETCD_PORT" "$ETCD_PEER_PORT" "$API_PORT" "$KUBELET_PORT" "$KUBELET_HEALTHZ_PORT" \
-           "$PROXY_METRICS_PORT" "$PROXY_HEALTHZ_PORT" "$CM_PORT" "$SCHED_PORT" "$MS_PORT"; do
+           "$PROXY_METRICS_PORT" "$PROXY_HEALTHZ_PORT" "$CM_PORT" "$SCHED_PORT" "$MS_PORT" "$KEDA_API_PORT" \
+           "$KEDA_GRPC_PORT" "$KEDA_OPERATOR_METRICS_PORT" "$KEDA_OPERATOR_HEALTH_PORT" "$KEDA_ADAPTER_METRICS_PORT"; do
     port_free "$p" || die "port $p is in use (set K8S_PORT_BASE)"
   done
   ip link show "$BRIDGE" >/dev/null 2>&1 && die "a $BRIDGE bridge already exists: down first, or someone else's"
   build
   packages
-  rm -rf "${S:?}"/{pki,pids,saved,etcd,containerd,kubelet,cni,pod-logs}
+  rm -rf "${S:?}"/{pki,pids,saved,etcd,containerd,kubelet,cni,pod-logs,keda}
   mkdir -p "$S/pids" "$S/logs" "$S/saved"
   rm -f "$S"/logs/*.log
   local s
@@ -230,6 +239,7 @@ up() {
   # pods are refused until the controller-manager has made the namespace's service account
   wait_for "service account default/default" 60 kc -n default get serviceaccount default
   metrics_server
+  keda_up
   say "up in $((SECONDS - t0))s; export KUBECONFIG=$S/admin.kubeconfig"
   kc get nodes -o wide >&2
 }
@@ -287,6 +297,7 @@ down() {
   local t0=$SECONDS p n d m
   # 1. no new pods, then every pod deleted through the kubelet (graceful: SIGTERM, grace period)
   stop_pid kube-controller-manager; stop_pid kube-scheduler; stop_pid metrics-server
+  stop_pid keda-adapter; stop_pid keda-operator
   if alive kube-apiserver && alive kubelet; then
     say "deleting every pod"
     kc delete pods --all --all-namespaces --wait=true --timeout=90s >&2 || say "some pods did not go in 90s"
@@ -318,6 +329,7 @@ down() {
   for d in $(kubepods_cgroups); do rmdir "$d" 2>/dev/null || say "could not remove cgroup $d"; done
   # 7. iptables, the bridge, sysctls
   remove_iptables
+  keda_remove_iptables
   ip link show "$BRIDGE" >/dev/null 2>&1 && ip link del "$BRIDGE"
   if [ -f "$S/saved/sysctl" ]; then
     while IFS= read -r kv; do sysctl -q -w "$kv" >/dev/null || say "could not restore $kv"; done < "$S/saved/sysctl"
@@ -326,7 +338,7 @@ down() {
     for p in "${OUTSIDE_PATHS[@]}"; do grep -qx "$p" "$S/saved/paths" || rm -rf "$p"; done
     grep -qx /run/netns "$S/saved/paths" || rmdir /run/netns 2>/dev/null || true
   fi
-  rm -rf "${S:?}"/{pki,pids,saved,etcd,containerd,kubelet,cni,pod-logs} "$S"/*.kubeconfig "$S"/*.yaml
+  rm -rf "${S:?}"/{pki,pids,saved,etcd,containerd,kubelet,cni,pod-logs,keda} "$S"/*.kubeconfig "$S"/*.yaml
   say "down in $((SECONDS - t0))s (logs kept in $S/logs)"
 }
 

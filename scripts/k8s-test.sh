@@ -12,8 +12,9 @@
 #   5. the HPA switched on by `helm upgrade` (CPU from metrics-server, which k8s-node.sh runs), then a backlog:
 #      the first pod at full CPU stays Ready, its liveness probe holds, the HPA scales out to 3 and, once the
 #      backlog is drained, back to 1;
-#   6. the PodDisruptionBudget switched on: the PDB refuses an eviction of the only pod; the KEDA ScaledObject is
-#      accepted by a server-side dry run against KEDA's own CRDs;
+#   6. the PodDisruptionBudget switched on: the PDB refuses an eviction of the only pod; then KEDA (which
+#      k8s-node.sh runs) instead of the HPA: a backlog, KEDA scales out on the group's lag and back to 1; then
+#      minReplicaCount 0: KEDA scales to zero when idle and back to one when texts arrive, every id counted;
 #   7. a real Prometheus (kubernetes_sd_configs, role endpoints, selecting as the chart's ServiceMonitor
 #      does), running since step 1, scraped every pod; every query of the dashboard returns data
 #      (`embedstream dashboard check`) and the dashboard is drawn (`embedstream dashboard render`);
@@ -28,6 +29,7 @@
 #                                    building this checkout's
 #   K8S_TEST_COUNT=N                 texts of step 1 (default 2000; steps 2-4 send 3000, 6000, 3000)
 #   K8S_TEST_LOAD=N                  the backlog of step 5 (default 800000: about a minute of one pod)
+#   K8S_TEST_KEDA_LOAD=N             the backlog of step 6 (default 600000)
 #   K8S_TEST_DASHBOARD_PNG=F         copy the rendered dashboard to F
 #   K8S_TEST_KAFKA_PORT=P            the broker's host port (default 16092; P+1 controller, P+2 for pods)
 #   K8S_TEST_PROM_PORT=P             Prometheus' port on 127.0.0.1 (default 16090)
@@ -39,7 +41,6 @@ t0=$SECONDS
 NODE_IP=10.244.0.1
 IMAGE=localhost/embedstream:image-test
 K8S_IMAGE=localhost/embedstream:k8s-test
-KEDA_VERSION=v2.20.2  # v2.21 needs Go 1.27; only its CRDs are used
 ns=embedstream-k8s-test
 count="${K8S_TEST_COUNT:-2000}"
 bad=20
@@ -66,26 +67,8 @@ cleanup() {
 trap cleanup EXIT
 [ "$(id -u)" = 0 ] || { say "run as root"; exit 1; }
 
-pods() { kubectl -n "$ns" get pods -l app.kubernetes.io/name=embedstream -o jsonpath='{.items[*].metadata.name}'; }
-# produce PREFIX COUNT RATE SEED [FORMAT]: texts with ids PREFIX-1..COUNT, in the background ($! is its PID)
-produce() {
-  .venv/bin/embedstream produce --bootstrap "$bootstrap" --topic "$in_topic" --id-prefix "$1" --count "$2" \
-    --rate "$3" --seed "$4" --format "${5:-json}" > "$work/produce-$1.log" 2>&1 &
-  bg_pids+=($!)
-}
-# produced PID PREFIX: wait for that producer (in this shell: a $(...) subshell cannot wait for it); its summary
-# line in $sent
-produced() { wait "$1" || { cat "$work/produce-$2.log" >&2; fail "producer $2"; }; sent=$(tail -1 "$work/produce-$2.log"); }
-count_ids() { .venv/bin/python scripts/k8s_ids.py "$bootstrap" "$out_topic" "$@" || fail "ids missing ($1)"; }
-# stopped_cleanly LOG WHAT: the pod's last log line is the worker's "stopped" with exit code 0
-stopped_cleanly() {
-  local last
-  last=$(grep -v '^[[:space:]]*$' "$1" | tail -1)
-  say "$2's last log line: $last"
-  if ! grep -q '"stopped"' <<<"$last" || ! grep -q '"exit_code":0' <<<"${last// /}"; then
-    tail -20 "$1" >&2; fail "$2 did not stop cleanly"
-  fi
-}
+# shellcheck source=SCRIPTDIR/k8s-test/lib.sh
+source scripts/k8s-test/lib.sh
 
 # --- tools, venv, image ------------------------------------------------------------------------------------
 HELM="${HELM:-$(bash scripts/install-tools.sh)}"
@@ -246,10 +229,7 @@ for p3 in $(pods); do
 done
 ts=$SECONDS
 kubectl -n "$ns" scale deploy/embedstream --replicas=1 >&2
-for _ in $(seq 1 120); do
-  [ "$(kubectl -n "$ns" get pods -l app.kubernetes.io/name=embedstream --no-headers | wc -l)" = 1 ] && break
-  sleep 1
-done
+replicas_become 1 120 || fail "3 pods did not become 1 in 120 s"
 say "scaled back to 1 in $((SECONDS - ts))s: $(kubectl -n "$ns" get pods -l app.kubernetes.io/name=embedstream --no-headers | awk '{print $1, $2, $3}')"
 produced "$p" scale
 say "$sent during the scaling (ids scale-*, 200/s)"
@@ -282,23 +262,12 @@ count_ids "step 4, after the helm upgrade" "msg:$count" "del:$count2" "scale:$co
   --set autoscaling.maxReplicas=3 --set-json 'autoscaling.behavior={"scaleDown":{"stabilizationWindowSeconds":30}}' \
   --wait --timeout 3m >/dev/null
 hpa_cpu() { kubectl -n "$ns" get hpa embedstream -o jsonpath='{.status.currentMetrics[0].resource.current.averageUtilization}' 2>/dev/null; }
+hpa_reading() { echo "HPA reading $(hpa_cpu)%"; }
 for _ in $(seq 1 90); do [ -n "$(hpa_cpu)" ] && break; sleep 1; done
 [ -n "$(hpa_cpu)" ] || { kubectl -n "$ns" describe hpa embedstream >&2; fail "the HPA has no CPU reading from the metrics API"; }
 say "HPA on (cpu 70% of the request, 1-3 replicas): reading $(hpa_cpu)% with $(kubectl -n "$ns" get deploy embedstream -o jsonpath='{.status.replicas}') replica, kubectl top: $(kubectl -n "$ns" top pod --no-headers 2>/dev/null | tr -s ' ' | paste -sd ';')"
-tl=$SECONDS
 produce load "$load" 0 4; p=$!
-not_ready=0 polls=0 max_replicas=1 scaled_out_at=""
-while kill -0 "$p" 2>/dev/null || [ "$(.venv/bin/python scripts/k8s_ids.py --lag "$bootstrap" "k8s-test-$suffix" "$in_topic")" != 0 ]; do
-  ready=$(kubectl -n "$ns" get pod "$pod" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null || true)
-  polls=$((polls + 1)); [ "$ready" = True ] || not_ready=$((not_ready + 1))
-  replicas=$(kubectl -n "$ns" get deploy embedstream -o jsonpath='{.status.readyReplicas}' 2>/dev/null || echo 1)
-  if [ "${replicas:-0}" -gt "$max_replicas" ]; then
-    max_replicas=$replicas
-    say "  +$((SECONDS - tl))s: $replicas replicas Ready (HPA reading $(hpa_cpu)%)"
-  fi
-  [ $((SECONDS - tl)) -lt 900 ] || fail "the backlog of $load was not drained in 900 s"
-  sleep 2
-done
+drain "$p" hpa_reading
 produced "$p" load
 say "$sent as fast as the producer could (ids load-*); lag 0 after $((SECONDS - tl))s, at most $max_replicas replicas Ready"
 say "pod $pod during the drain: Ready in $((polls - not_ready)) of $polls polls (every 2 s), restarts $(kubectl -n "$ns" get pod "$pod" -o jsonpath='{.status.containerStatuses[0].restartCount}')"
@@ -308,17 +277,12 @@ say "Prometheus over the drain, at most: $(over_drain 'sum(rate(embedstream_mess
 [ "$not_ready" = 0 ] || fail "the pod was not Ready in $not_ready polls during the drain"
 [ "$max_replicas" -gt 1 ] || { kubectl -n "$ns" describe hpa embedstream >&2; fail "the HPA did not scale out under the backlog"; }
 ts=$SECONDS
-for _ in $(seq 1 240); do
-  [ "$(kubectl -n "$ns" get pods -l app.kubernetes.io/name=embedstream --no-headers 2>/dev/null | wc -l)" = 1 ] && break
-  sleep 1
-done
-[ "$(kubectl -n "$ns" get pods -l app.kubernetes.io/name=embedstream --no-headers | wc -l)" = 1 ] \
-  || { kubectl -n "$ns" describe hpa embedstream >&2; fail "the HPA did not scale back to 1 in 240 s"; }
+replicas_become 1 240 || { kubectl -n "$ns" describe hpa embedstream >&2; fail "the HPA did not scale back to 1 in 240 s"; }
 pod=$(pods)
 say "HPA scaled back to 1 $((SECONDS - ts))s after the drain (stabilization 30 s): $pod; its events: $(kubectl -n "$ns" get events --field-selector involvedObject.kind=HorizontalPodAutoscaler -o jsonpath='{range .items[*]}{.message}; {end}')"
 count_ids "step 5, after the drain and the autoscaling" "msg:$count" "del:$count2" "scale:$count3" "upg:$count4" "load:$load"
 
-# --- 6. PodDisruptionBudget, KEDA ---------------------------------------------------------------------------------
+# --- 6. PodDisruptionBudget --------------------------------------------------------------------------------------
 "$HELM" upgrade embedstream helm/embedstream -n "$ns" --reuse-values --set podDisruptionBudget.enabled=true \
   --set podDisruptionBudget.minAvailable=1 --wait --timeout 3m >/dev/null
 for _ in $(seq 1 30); do
@@ -333,19 +297,60 @@ if kubectl create --raw "/api/v1/namespaces/$ns/pods/$pod/eviction" -f "$work/ev
 fi
 say "eviction of $pod refused: $(grep -o 'Cannot evict[^"]*' "$work/eviction.out" | head -1 || cat "$work/eviction.out")"
 grep -q 'disruption budget' "$work/eviction.out" || fail "the eviction failed for another reason"
-keda_dir=$(go mod download -json "github.com/kedacore/keda/v2@$KEDA_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')
-keda_crds=("$keda_dir"/config/crd/bases/keda.sh_*.yaml)
-kubectl apply --server-side -f "$keda_dir/config/crd/bases/" >/dev/null
-for _ in $(seq 1 60); do  # (kubectl wait fails at once while the CRD has no status yet)
-  [ "$(kubectl get crd scaledobjects.keda.sh -o jsonpath='{.status.conditions[?(@.type=="Established")].status}' 2>/dev/null)" = True ] && break
-  sleep 1
-done
-"$HELM" template embedstream helm/embedstream -n "$ns" "${chart_values[@]}" --set keda.enabled=true \
-  --show-only templates/keda-scaledobject.yaml > "$work/scaledobject.yaml"
-kubectl -n "$ns" apply --dry-run=server -f "$work/scaledobject.yaml" > "$work/keda.out" 2>&1 \
-  || { cat "$work/keda.out" >&2; fail "KEDA's CRD schema rejected the chart's ScaledObject"; }
-say "KEDA $KEDA_VERSION CRDs (${#keda_crds[@]}, from its Go module): $(cat "$work/keda.out")"
-kubectl delete -f "$keda_dir/config/crd/bases/" >/dev/null
+
+# --- 6b. KEDA: scaling on the group's lag, then to zero and back ----------------------------------------------------
+# k8s-node.sh runs KEDA's operator and external metrics adapter. The chart's ScaledObject replaces the CPU HPA
+# (KEDA makes its own HPA, keda-hpa-embedstream, on the Kafka scaler's lag metric); its operator reads the lag
+# from the broker address the pods use. lagThreshold 50,000 per replica: a backlog of hundreds of thousands asks
+# for the maximum, 3 (the partition count).
+"$HELM" upgrade embedstream helm/embedstream -n "$ns" --reuse-values --set autoscaling.enabled=false \
+  --set keda.enabled=true --set keda.minReplicaCount=1 --set keda.maxReplicaCount=3 --set keda.pollingInterval=5 \
+  --set keda.lagThreshold=50000 \
+  --set-json 'keda.advanced={"horizontalPodAutoscalerConfig":{"behavior":{"scaleDown":{"stabilizationWindowSeconds":30}}}}' \
+  --wait --timeout 3m >/dev/null
+keda_lag() { kubectl -n "$ns" get hpa keda-hpa-embedstream -o jsonpath='{.status.currentMetrics[0].external.current.averageValue}' 2>/dev/null; }
+keda_reading() { echo "KEDA's HPA reading $(keda_lag) lag per replica"; }
+so_ready() { kubectl -n "$ns" get scaledobject embedstream -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null; }
+for _ in $(seq 1 90); do [ "$(so_ready)" = True ] && [ -n "$(keda_lag)" ] && break; sleep 1; done
+if [ "$(so_ready)" != True ] || [ -z "$(keda_lag)" ]; then
+  kubectl -n "$ns" describe scaledobject embedstream >&2; kubectl -n "$ns" describe hpa >&2
+  fail "KEDA's ScaledObject is not Ready or its HPA has no lag reading"
+fi
+say "KEDA: ScaledObject Ready, its HPA $(kubectl -n "$ns" get hpa keda-hpa-embedstream -o jsonpath='{.spec.metrics[0].external.metric.name} target {.spec.metrics[0].external.target.averageValue}, {.spec.minReplicas}-{.spec.maxReplicas} replicas'); reading $(keda_lag)"
+keda_load="${K8S_TEST_KEDA_LOAD:-600000}"
+produce keda "$keda_load" 0 6; p=$!
+drain "$p" keda_reading
+produced "$p" keda
+say "$sent as fast as the producer could (ids keda-*); lag 0 after $((SECONDS - tl))s, at most $max_replicas replicas Ready"
+[ "$not_ready" = 0 ] || fail "the pod was not Ready in $not_ready polls during the drain"
+[ "$max_replicas" -gt 1 ] || { kubectl -n "$ns" describe hpa keda-hpa-embedstream >&2; fail "KEDA did not scale out on the lag"; }
+ts=$SECONDS
+replicas_become 1 240 || { kubectl -n "$ns" describe hpa keda-hpa-embedstream >&2; fail "KEDA did not scale back to 1 in 240 s"; }
+say "KEDA scaled back to 1 $((SECONDS - ts))s after the drain (stabilization 30 s); its HPA's events: $(kubectl -n "$ns" get events --field-selector involvedObject.name=keda-hpa-embedstream -o jsonpath='{range .items[*]}{.message}; {end}')"
+count_ids "step 6b, after KEDA's scaling on lag" "msg:$count" "del:$count2" "scale:$count3" "upg:$count4" "load:$load" "keda:$keda_load"
+
+# To zero when idle (minReplicaCount 0: the operator scales the Deployment itself once the lag has been at or
+# below activationLagThreshold, 0, for cooldownPeriod), and back to one when texts arrive.
+"$HELM" upgrade embedstream helm/embedstream -n "$ns" --reuse-values --set keda.minReplicaCount=0 \
+  --set keda.cooldownPeriod=20 --wait --timeout 3m >/dev/null
+tz=$SECONDS
+replicas_become 0 180 || { kubectl -n "$ns" describe scaledobject embedstream >&2; fail "KEDA did not scale to zero in 180 s"; }
+say "KEDA scaled to zero $((SECONDS - tz))s after minReplicaCount 0 (cooldownPeriod 20 s; the lag had been 0 since the drain)"
+count_zero=2000
+tz=$SECONDS
+produce zero "$count_zero" 0 7; p=$!
+one_ready 180 || { kubectl -n "$ns" describe scaledobject embedstream >&2; fail "KEDA did not scale from zero in 180 s"; }
+pod=$(pods)
+say "KEDA scaled from zero: $pod Ready $((SECONDS - tz))s after the first of $count_zero texts"
+drain "$p" keda_reading
+produced "$p" zero
+say "$sent (ids zero-*); lag 0 $((SECONDS - tz))s after the first text"
+count_ids "step 6b, after scaling from zero" "msg:$count" "del:$count2" "scale:$count3" "upg:$count4" "load:$load" \
+  "keda:$keda_load" "zero:$count_zero"
+# minReplicaCount 1 again: steps 7 and 8 read the pods that run (with none, Prometheus has no live target)
+"$HELM" upgrade embedstream helm/embedstream -n "$ns" --reuse-values --set keda.minReplicaCount=1 --wait --timeout 3m >/dev/null
+one_ready 120 || fail "minReplicaCount 1: no Ready pod after 120 s"
+pod=$(pods)
 
 # --- 7. the dashboard's queries against the Prometheus that scraped every step --------------------------------
 prom_end=$(date +%s)
@@ -354,7 +359,7 @@ say "Prometheus targets now: $(curl -fsS "$prom_url/api/v1/targets?state=active"
 # Panels that a healthy run leaves empty: client errors (none happened), and the fast path's hit ratio where no
 # pod runs the fast path (gigatoken, the image's tokenizer: embedstream_model_info's fast_path label says "off: ...").
 allowed=(--may-be-empty "Kafka client errors by kind")
-fast_path=$(query 'count by (fast_path) (embedstream_model_info{job="embedstream"})' | grep -o '"fast_path":"[^"]*"' | sort -u | paste -sd ' ')
+fast_path=$(query 'count by (fast_path) (embedstream_model_info{job="embedstream"})' | grep -o '"fast_path":"[^"]*"' | sort -u | paste -sd ' ' || true)
 say "the pods' fast path: $fast_path"
 if ! grep -q '"fast_path":"on"' <<<"$fast_path"; then allowed+=(--may-be-empty "Fast-path cache hit ratio"); fi
 .venv/bin/embedstream dashboard check --prometheus "$prom_url" --start "$prom_start" --end "$prom_end" \

@@ -5,6 +5,7 @@
 # --- build -----------------------------------------------------------------------------------------------
 build() {
   build_kubernetes
+  keda_build
   if [ -x "$bin/metrics-server" ] && "$bin/metrics-server" --version 2>/dev/null | grep -q "$METRICS_SERVER_VERSION"; then
     return 0
   fi

@@ -3,7 +3,7 @@
 # kubeconfigs and each daemon's configuration), all under the state dir $S.
 
 # --- certificates and kubeconfigs --------------------------------------------------------------------------
-cert() {  # name CN O(or -) ext(client|server) [SANs]
+cert() {  # name CN O(or -) ext(client|server|both) [SANs]
   local name=$1 cn=$2 o=$3 ext=$4 san=${5:-} subj pki="$S/pki"
   subj="/CN=$cn"; [ "$o" != - ] && subj="/O=$o$subj"
   openssl genrsa -out "$pki/$name.key" 2048 2>/dev/null
@@ -11,8 +11,11 @@ cert() {  # name CN O(or -) ext(client|server) [SANs]
   {
     echo "basicConstraints=CA:FALSE"
     echo "keyUsage=critical,digitalSignature,keyEncipherment"
-    if [ "$ext" = server ]; then echo "extendedKeyUsage=serverAuth"; echo "subjectAltName=$san"
-    else echo "extendedKeyUsage=clientAuth"; fi
+    case $ext in
+      server) echo "extendedKeyUsage=serverAuth"; echo "subjectAltName=$san" ;;
+      both) echo "extendedKeyUsage=serverAuth,clientAuth"; echo "subjectAltName=$san" ;;
+      *) echo "extendedKeyUsage=clientAuth" ;;
+    esac
   } > "$pki/$name.ext"
   openssl x509 -req -in "$pki/$name.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
     -days 30 -sha256 -extfile "$pki/$name.ext" -out "$pki/$name.crt" 2>/dev/null
