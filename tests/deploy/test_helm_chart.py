@@ -271,6 +271,7 @@ def test_keda_scaled_object(render: Callable[..., Rendered]) -> None:
     r = render([ALL_ON])
     so = r.one("ScaledObject")
     assert so["apiVersion"] == "keda.sh/v1alpha1"
+    assert "replicas" not in r.deployment["spec"]  # KEDA owns the count: a helm upgrade must not reset it
     spec = so["spec"]
     assert spec["scaleTargetRef"]["name"] == r.deployment["metadata"]["name"]
     assert spec["scaleTargetRef"].get("kind", "Deployment") == "Deployment"
