@@ -106,11 +106,45 @@ api_ready() {
     "https://$NODE_IP:$API_PORT/readyz"
 }
 
-# metrics-server as a host process, registered as v1beta1.metrics.k8s.io: a selectorless Service in kube-system
-# whose Endpoints name this host's bridge address (--enable-aggregator-routing: the API server dials the endpoint,
-# no Service network needed). Its serving certificate and the kubelet's come from the node's CA, both verified.
-# It reads the kubelet's /metrics/resource with the admin credentials and checks the API server's proxied
-# requests against the requestheader CA (published in extension-apiserver-authentication).
+# aggregated_api SERVICE NAMESPACE PORT GROUP: register a host process serving GROUP/v1beta1 on NODE_IP:PORT with the
+# API server's aggregation layer: a selectorless Service whose Endpoints name this host's bridge address
+# (--enable-aggregator-routing: the API server dials the endpoint, no Service network needed) and the APIService,
+# its serving certificate verified against the node's CA. Waits until the APIService is Available.
+aggregated_api() {
+  local svc=$1 ns=$2 port=$3 group=$4
+  kc apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Service
+metadata: {name: $svc, namespace: $ns}
+spec:
+  ports: [{name: https, port: 443, targetPort: $port, protocol: TCP}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: $svc, namespace: $ns}
+subsets:
+  - addresses: [{ip: $NODE_IP}]
+    ports: [{name: https, port: $port, protocol: TCP}]
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata: {name: v1beta1.$group}
+spec:
+  service: {name: $svc, namespace: $ns, port: 443}
+  group: $group
+  version: v1beta1
+  caBundle: $(base64 -w0 < "$S/pki/ca.crt")
+  groupPriorityMinimum: 100
+  versionPriority: 100
+EOF
+  wait_for "the $group API (v1beta1.$group Available)" 90 \
+    kc wait --for=condition=Available "apiservice/v1beta1.$group" --timeout=1s
+}
+
+# metrics-server as a host process, registered as v1beta1.metrics.k8s.io. Its serving certificate and the
+# kubelet's come from the node's CA, both verified. It reads the kubelet's /metrics/resource with the admin
+# credentials and checks the API server's proxied requests against the requestheader CA (published in
+# extension-apiserver-authentication).
 metrics_server() {
   start metrics-server "$bin/metrics-server" --secure-port="$MS_PORT" --bind-address="$NODE_IP" \
     --tls-cert-file="$S/pki/metrics-server.crt" --tls-private-key-file="$S/pki/metrics-server.key" \
@@ -119,33 +153,7 @@ metrics_server() {
     --kubelet-certificate-authority="$S/pki/ca.crt" --kubelet-preferred-address-types=InternalIP \
     --kubelet-use-node-status-port \
     --metric-resolution=15s
-  kc apply -f - >/dev/null <<EOF
-apiVersion: v1
-kind: Service
-metadata: {name: metrics-server, namespace: kube-system}
-spec:
-  ports: [{name: https, port: 443, targetPort: $MS_PORT, protocol: TCP}]
----
-apiVersion: v1
-kind: Endpoints
-metadata: {name: metrics-server, namespace: kube-system}
-subsets:
-  - addresses: [{ip: $NODE_IP}]
-    ports: [{name: https, port: $MS_PORT, protocol: TCP}]
----
-apiVersion: apiregistration.k8s.io/v1
-kind: APIService
-metadata: {name: v1beta1.metrics.k8s.io}
-spec:
-  service: {name: metrics-server, namespace: kube-system, port: 443}
-  group: metrics.k8s.io
-  version: v1beta1
-  caBundle: $(base64 -w0 < "$S/pki/ca.crt")
-  groupPriorityMinimum: 100
-  versionPriority: 100
-EOF
-  wait_for "the metrics API (v1beta1.metrics.k8s.io Available)" 90 \
-    kc wait --for=condition=Available apiservice/v1beta1.metrics.k8s.io --timeout=1s
+  aggregated_api metrics-server kube-system "$MS_PORT" metrics.k8s.io
 }
 
 port_free() { ! ss -Hltn "sport = :$1" | grep -q .; }

@@ -67,34 +67,8 @@ keda_up() {
     --lister-kubeconfig="$S/admin.kubeconfig" \
     --authentication-kubeconfig="$S/admin.kubeconfig" --authorization-kubeconfig="$S/admin.kubeconfig" \
     --metrics-service-address="127.0.0.1:$KEDA_GRPC_PORT" --port="$KEDA_ADAPTER_METRICS_PORT" --zap-log-level=info
-  kc apply -f - >/dev/null <<EOF
-apiVersion: v1
-kind: Service
-metadata: {name: keda-metrics-apiserver, namespace: keda}
-spec:
-  ports: [{name: https, port: 443, targetPort: $KEDA_API_PORT, protocol: TCP}]
----
-apiVersion: v1
-kind: Endpoints
-metadata: {name: keda-metrics-apiserver, namespace: keda}
-subsets:
-  - addresses: [{ip: $NODE_IP}]
-    ports: [{name: https, port: $KEDA_API_PORT, protocol: TCP}]
----
-apiVersion: apiregistration.k8s.io/v1
-kind: APIService
-metadata: {name: v1beta1.external.metrics.k8s.io}
-spec:
-  service: {name: keda-metrics-apiserver, namespace: keda, port: 443}
-  group: external.metrics.k8s.io
-  version: v1beta1
-  caBundle: $(base64 -w0 < "$S/pki/ca.crt")
-  groupPriorityMinimum: 100
-  versionPriority: 100
-EOF
   wait_for "keda-operator (healthz)" 60 curl -fsS "http://127.0.0.1:$KEDA_OPERATOR_HEALTH_PORT/healthz"
-  wait_for "the external metrics API (v1beta1.external.metrics.k8s.io Available)" 90 \
-    kc wait --for=condition=Available apiservice/v1beta1.external.metrics.k8s.io --timeout=1s
+  aggregated_api keda-metrics-apiserver keda "$KEDA_API_PORT" external.metrics.k8s.io
 }
 
 keda_remove_iptables() {
